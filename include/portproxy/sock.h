@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef PORTPROXY_SOCK_H
+#define PORTPROXY_SOCK_H
+
+#include "portproxy/addr.h"
+
+/* The listen() backlog we ask for; the kernel caps it at net.core.somaxconn. */
+#define SOCK_BACKLOG 4096
+
+int sock_listen(int type, int proto, const struct addr *a, const char **op);
+int sock_adopt(int fd, int type, int proto, const char **op);
+int sock_connect(int type, int proto, const struct addr *to, int *fdp);
+int sock_error(int fd);
+int sock_local(int fd, struct addr *out);
+void sock_tune_tcp(int fd);
+void sock_reset_close(int fd);
+
+#endif

@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: MIT
+/*
+ * sock.c - non-blocking socket helpers. A leaf library in the manner of
+ * redis' anet.c: it never logs, it returns -errno and, where the caller
+ * needs to say which step failed, names the step in @op ("bind", "listen").
+ * Every descriptor it makes is non-blocking and close-on-exec.
+ */
+#include "portproxy/sock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdbool.h>
+#include <unistd.h>
+
+static int set_int(int fd, int level, int name, int v)
+{
+	return setsockopt(fd, level, name, &v, sizeof(v)) < 0 ? -errno : 0;
+}
+
+/**
+ * sock_listen() - make a bound socket, listening if @type is SOCK_STREAM
+ * @type: SOCK_STREAM or SOCK_DGRAM
+ * @proto: IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
+ * @a: where to bind; an IPv6 address gets IPV6_V6ONLY, so that a proxy for
+ *     "::" and one for "0.0.0.0" can share a port as dockerd expects
+ * @op: set to the step that failed
+ *
+ * Stream sockets get SO_REUSEADDR so a restarted proxy can rebind while its
+ * old connections sit in TIME_WAIT; never SO_REUSEPORT, which would let two
+ * proxies share a port silently.
+ * Return: the descriptor, or -errno
+ */
+int sock_listen(int type, int proto, const struct addr *a, const char **op)
+{
+	int fd, ret;
+
+	*op = "socket";
+	fd = socket(addr_family(a), type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
+	if (fd < 0)
+		return -errno;
+	*op = "setsockopt";
+	if (type == SOCK_STREAM && (ret = set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1)) < 0)
+		goto fail;
+	if (addr_family(a) == AF_INET6 && (ret = set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1)) < 0)
+		goto fail;
+	*op = "bind";
+	if (bind(fd, &a->u.sa, a->len) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	*op = "listen";
+	if (type == SOCK_STREAM && listen(fd, SOCK_BACKLOG) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	return fd;
+fail:
+	close(fd);
+	return ret;
+}
+
+/**
+ * sock_adopt() - check that @fd is a socket we can serve on, and prepare it
+ *
+ * For a stream socket it must already listen (dockerd binds and listens
+ * before passing it); we listen again to raise the backlog. For datagrams
+ * it must be bound. Sets O_NONBLOCK and FD_CLOEXEC. Does not close @fd.
+ * Return: 0, or -errno: -ENOTSOCK, -EPROTOTYPE (wrong type or protocol),
+ *         -EINVAL (not listening or not bound), -EAFNOSUPPORT (not IP)
+ */
+int sock_adopt(int fd, int type, int proto, const char **op)
+{
+	int v;
+	socklen_t len = sizeof(v);
+	struct addr local;
+
+	*op = "getsockopt";
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0)
+		return -errno;
+	if (v != type)
+		return -EPROTOTYPE;
+	len = sizeof(v);
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) == 0 && v != proto)
+		return -EPROTOTYPE;
+	if (sock_local(fd, &local) < 0)
+		return -EAFNOSUPPORT;
+	if (type == SOCK_STREAM) {
+		len = sizeof(v);
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) < 0)
+			return -errno;
+		if (!v)
+			return -EINVAL;
+		*op = "listen";
+		if (listen(fd, SOCK_BACKLOG) < 0)
+			return -errno;
+	} else if (addr_port(&local) == 0) {
+		return -EINVAL;
+	}
+	*op = "fcntl";
+	if ((v = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, v | O_NONBLOCK) < 0)
+		return -errno;
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		return -errno;
+	return 0;
+}
+
+/**
+ * sock_connect() - start a non-blocking connect to @to
+ * @fdp: set to the new socket when the return is 0 or -EINPROGRESS
+ *
+ * Return: 0 when connected at once, -EINPROGRESS when the caller must wait
+ *         for writability and then read sock_error(), or another -errno
+ *         (the socket is then closed)
+ */
+int sock_connect(int type, int proto, const struct addr *to, int *fdp)
+{
+	int fd, ret;
+
+	fd = socket(addr_family(to), type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
+	if (fd < 0)
+		return -errno;
+	if (type == SOCK_STREAM)
+		sock_tune_tcp(fd);
+	if (connect(fd, &to->u.sa, to->len) == 0) {
+		*fdp = fd;
+		return 0;
+	}
+	ret = -errno;
+	if (ret == -EINPROGRESS) {
+		*fdp = fd;
+		return ret;
+	}
+	close(fd);
+	return ret;
+}
+
+/**
+ * sock_error() - the pending error on @fd (SO_ERROR), which clears it
+ * Return: 0 or -errno
+ */
+int sock_error(int fd)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		return -errno;
+	return -err;
+}
+
+/**
+ * sock_local() - the local address of @fd
+ * Return: 0, or -errno
+ */
+int sock_local(int fd, struct addr *out)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+	return addr_from_sockaddr((struct sockaddr *)&ss, len, out);
+}
+
+/**
+ * sock_tune_tcp() - the options every relayed TCP socket gets
+ *
+ * TCP_NODELAY: we forward what arrives as it arrives; Nagle on top of the
+ * peer's own would add 40 ms stalls to request/response traffic.
+ * Keepalive 15 s idle, 15 s interval: what Go sets for docker-proxy, so a
+ * vanished peer does not pin a connection forever. Failures are harmless.
+ */
+void sock_tune_tcp(int fd)
+{
+	set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+	set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+	set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, 15);
+	set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, 15);
+}
+
+/**
+ * sock_reset_close() - close @fd with an RST instead of a FIN
+ *
+ * SO_LINGER {1, 0} makes close() abort the connection: what a client sees
+ * from kernel NAT when the backend refuses or resets.
+ */
+void sock_reset_close(int fd)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+}
