@@ -246,6 +246,15 @@ static size_t typed_name(const char *word, const char **name)
 	return strcspn(word, "=");
 }
 
+/* The index of the option named exactly @name (@len bytes), or -1. */
+static int find_option(const char *name, size_t len)
+{
+	for (int i = 0; options[i].name; i++)
+		if (strlen(options[i].name) == len && !strncmp(options[i].name, name, len))
+			return i;
+	return -1;
+}
+
 static void config_defaults(struct config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -289,6 +298,8 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 		if (c == -1)
 			break;
 		len = typed_name(argv[word], &name);
+		if (c == ':' && idx < 0) /* glibc leaves the index unset here */
+			idx = find_option(name, len);
 		if (c == '?' || idx < 0 || strlen(options[idx].name) != len ||
 		    strncmp(options[idx].name, name, len)) {
 			fail(err, errlen, "flag provided but not defined: -%.*s", (int)len, name);
