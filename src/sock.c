@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdbool.h>
+#include <string.h>
 #include <unistd.h>
 
 static int set_int(int fd, int level, int name, int v)
@@ -192,4 +193,131 @@ void sock_reset_close(int fd)
 
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	close(fd);
+}
+
+/**
+ * sock_set_buffers() - raise the kernel's receive and send buffers of @fd
+ * @rcvbuf: bytes, or 0 to leave the receive buffer alone
+ * @sndbuf: bytes, or 0 to leave the send buffer alone
+ *
+ * A UDP relay loses datagrams when a burst outruns its receive buffer, and
+ * the default (net.core.rmem_default, 208 KiB) holds only a few large
+ * datagrams. The *FORCE variants pass net.core.rmem_max/wmem_max, as dockerd's
+ * root may; without CAP_NET_ADMIN we get what the limits allow. Memory is
+ * charged only while datagrams wait, so a large buffer costs nothing idle.
+ * Return: 0, or the -errno of the last failure (the caller may ignore it)
+ */
+int sock_set_buffers(int fd, int rcvbuf, int sndbuf)
+{
+	int ret = 0;
+
+	if (rcvbuf > 0 && set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf) < 0)
+		ret = set_int(fd, SOL_SOCKET, SO_RCVBUF, rcvbuf);
+	if (sndbuf > 0 && set_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, sndbuf) < 0)
+		ret = set_int(fd, SOL_SOCKET, SO_SNDBUF, sndbuf);
+	return ret;
+}
+
+/**
+ * sock_pktinfo_enable() - have recvmsg() on @fd say which local address
+ * each datagram was sent to (IP_PKTINFO, or IPV6_RECVPKTINFO on an IPv6
+ * socket, which also covers the IPv4 clients of a dual-stack one)
+ *
+ * Return: 0, or -errno
+ */
+int sock_pktinfo_enable(int fd)
+{
+	int family;
+	socklen_t len = sizeof(family);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0)
+		return -errno;
+	if (family == AF_INET6)
+		return set_int(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+	return set_int(fd, IPPROTO_IP, IP_PKTINFO, 1);
+}
+
+/**
+ * sock_pktinfo_local() - the local address a received datagram was sent to
+ * @mh: as recvmsg() filled it in, on a socket with sock_pktinfo_enable()
+ * @local: set to that address, port 0; an IPv6 link-local one carries the
+ *         arrival interface as its scope
+ *
+ * This is the address a reply must come from: a client with a connected
+ * socket drops datagrams from any other. For IPv4 it is the kernel's
+ * ipi_spec_dst, the destination for a unicast datagram and a local address
+ * of the arrival interface for a broadcast one (a broadcast address cannot
+ * be a source). An IPv6 multicast destination gives the unspecified
+ * address: the kernel then picks the source, as without pktinfo.
+ * Return: 0, or -ENOENT when @mh carries no pktinfo
+ */
+int sock_pktinfo_local(const struct msghdr *mh, struct addr *local)
+{
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
+		if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+			struct in_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+			memset(local, 0, sizeof(*local));
+			local->u.sin.sin_family = AF_INET;
+			local->u.sin.sin_addr = pi.ipi_spec_dst;
+			local->len = sizeof(local->u.sin);
+			return 0;
+		}
+		if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+			struct in6_pktinfo pi;
+
+			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+			memset(local, 0, sizeof(*local));
+			local->u.sin6.sin6_family = AF_INET6;
+			if (!IN6_IS_ADDR_MULTICAST(&pi.ipi6_addr))
+				local->u.sin6.sin6_addr = pi.ipi6_addr;
+			if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr))
+				local->u.sin6.sin6_scope_id = pi.ipi6_ifindex;
+			local->len = sizeof(local->u.sin6);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/**
+ * sock_pktinfo_put() - write the control message that makes sendmsg() use
+ * @src as the source address (the port stays the socket's)
+ * @buf: control buffer, suitably aligned, at least SOCK_PKTINFO_SPACE bytes
+ *
+ * IPv4 sets ipi_spec_dst and no interface, so routing picks the way out. An
+ * IPv6 source that is IPv4-mapped works on a dual-stack socket sending to an
+ * IPv4-mapped client. A link-local @src pins its scope as the interface.
+ * Return: the bytes of @buf used (msg_controllen), or 0 if @len is too small
+ */
+size_t sock_pktinfo_put(void *buf, size_t len, const struct addr *src)
+{
+	struct msghdr mh = { .msg_control = buf, .msg_controllen = len };
+	struct cmsghdr *c;
+
+	if (len < SOCK_PKTINFO_SPACE)
+		return 0;
+	memset(buf, 0, SOCK_PKTINFO_SPACE);
+	c = CMSG_FIRSTHDR(&mh);
+	if (addr_family(src) == AF_INET) {
+		struct in_pktinfo pi = { .ipi_spec_dst = src->u.sin.sin_addr };
+
+		c->cmsg_level = IPPROTO_IP;
+		c->cmsg_type = IP_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+		return CMSG_SPACE(sizeof(pi));
+	} else {
+		struct in6_pktinfo pi = { .ipi6_addr = src->u.sin6.sin6_addr,
+					  .ipi6_ifindex = src->u.sin6.sin6_scope_id };
+
+		c->cmsg_level = IPPROTO_IPV6;
+		c->cmsg_type = IPV6_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+		return CMSG_SPACE(sizeof(pi));
+	}
 }

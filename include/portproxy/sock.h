@@ -15,4 +15,12 @@ int sock_local(int fd, struct addr *out);
 void sock_tune_tcp(int fd);
 void sock_reset_close(int fd);
 
+/* Room for the one pktinfo control message sock_pktinfo_put() writes. */
+#define SOCK_PKTINFO_SPACE CMSG_SPACE(sizeof(struct in6_pktinfo))
+
+int sock_set_buffers(int fd, int rcvbuf, int sndbuf);
+int sock_pktinfo_enable(int fd);
+int sock_pktinfo_local(const struct msghdr *mh, struct addr *local);
+size_t sock_pktinfo_put(void *buf, size_t len, const struct addr *src);
+
 #endif
