@@ -174,3 +174,18 @@ const char *addr_netname(int proto, const struct addr *a)
 		return v6 ? "tcp6" : "tcp4";
 	}
 }
+
+/**
+ * addr_proto_name() - "tcp", "udp" or "sctp", as flags and specs write them
+ */
+const char *addr_proto_name(int proto)
+{
+	switch (proto) {
+	case IPPROTO_UDP:
+		return "udp";
+	case IPPROTO_SCTP:
+		return "sctp";
+	default:
+		return "tcp";
+	}
+}

@@ -226,18 +226,6 @@ int cli_parse_size(const char *s, size_t *out)
 	return 0;
 }
 
-const char *cli_proto_name(int proto)
-{
-	switch (proto) {
-	case IPPROTO_UDP:
-		return "udp";
-	case IPPROTO_SCTP:
-		return "sctp";
-	default:
-		return "tcp";
-	}
-}
-
 /* The flag name as typed in @word: "--host-port=1" -> "host-port" (length). */
 static size_t typed_name(const char *word, const char **name)
 {

@@ -233,10 +233,10 @@ int main(int argc, char **argv)
 	default:
 		die(&p, "listen %s %s: -proto %s is not supported yet",
 		    addr_netname(m->proto, &m->host), addr_format(&m->host, host, sizeof(host)),
-		    cli_proto_name(m->proto));
+		    addr_proto_name(m->proto));
 	}
 
-	log_info("portproxy %s: %s %s -> %s", PORTPROXY_VERSION, cli_proto_name(m->proto),
+	log_info("portproxy %s: %s %s -> %s", PORTPROXY_VERSION, addr_proto_name(m->proto),
 		 addr_format(&m->host, host, sizeof(host)), addr_format(&m->backend, be, sizeof(be)));
 	report(&p, NULL);
 

@@ -33,5 +33,6 @@ int addr_family(const struct addr *a);
 const char *addr_format(const struct addr *a, char *buf, size_t len);
 const char *addr_format_ip(const struct addr *a, char *buf, size_t len);
 const char *addr_netname(int proto, const struct addr *a);
+const char *addr_proto_name(int proto);
 
 #endif

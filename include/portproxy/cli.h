@@ -38,6 +38,5 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 void cli_usage(FILE *out);
 int cli_parse_duration(const char *s, uint64_t *ms);
 int cli_parse_size(const char *s, size_t *out);
-const char *cli_proto_name(int proto);
 
 #endif
