@@ -8,6 +8,7 @@
  * match is checked against the word actually typed.
  */
 #include "portproxy/cli.h"
+#include "portproxy/spec.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -31,6 +32,9 @@ enum opt {
 	OPT_CONNECT_TIMEOUT,
 	OPT_UDP_TIMEOUT,
 	OPT_UDP_MAX_FLOWS,
+	OPT_PUBLISH,
+	OPT_PUBLISH_ALL,
+	OPT_EXPOSE,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -49,6 +53,11 @@ static const struct option options[] = {
 	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
 	{ "udp-timeout", required_argument, NULL, OPT_UDP_TIMEOUT },
 	{ "udp-max-flows", required_argument, NULL, OPT_UDP_MAX_FLOWS },
+	{ "p", required_argument, NULL, OPT_PUBLISH },
+	{ "publish", required_argument, NULL, OPT_PUBLISH },
+	{ "P", optional_argument, NULL, OPT_PUBLISH_ALL },
+	{ "publish-all", optional_argument, NULL, OPT_PUBLISH_ALL },
+	{ "expose", required_argument, NULL, OPT_EXPOSE },
 	{ "h", optional_argument, NULL, OPT_HELP },
 	{ "help", optional_argument, NULL, OPT_HELP },
 	{ "v", optional_argument, NULL, OPT_VERSION },
@@ -79,6 +88,15 @@ void cli_usage(FILE *out)
 	      "                           (e.g. 5s; default 0: the kernel's own timeout)\n"
 	      "  -udp-timeout DUR         forget an idle UDP flow after DUR (default 90s)\n"
 	      "  -udp-max-flows N         UDP flows at once; the least recent goes (default 4096)\n"
+	      "\n"
+	      "Several mappings from one process, in docker run's words (instead of\n"
+	      "-proto, -host-ip, -host-port, -container-port and -use-listen-fd):\n"
+	      "  -p SPEC                  publish [ip:][hostPort:]containerPort[/proto];\n"
+	      "                           ports may be ranges first-last; repeatable\n"
+	      "  -P                       publish every -expose port on a random port\n"
+	      "  -expose PORT[-PORT][/proto]  a port for -P; repeatable\n"
+	      "  Once listening, the mappings are printed on stdout as docker port does.\n"
+	      "\n"
 	      "  -h, -help                print this help\n"
 	      "  -v, -version             print the version\n"
 	      "\n"
@@ -257,9 +275,20 @@ static void config_defaults(struct config *cfg)
 }
 
 /**
+ * cli_free() - free what cli_parse() allocated in @cfg
+ */
+void cli_free(struct config *cfg)
+{
+	free(cfg->specs);
+	cfg->specs = NULL;
+	cfg->nspecs = 0;
+}
+
+/**
  * cli_parse() - read the command line into @cfg
  * @err: receives one line (no newline) when the return is negative
  *
+ * The caller frees @cfg with cli_free(), whatever the return.
  * Return: CLI_RUN, CLI_HELP or CLI_VERSION; -ENOENT for an unknown flag,
  *         -EINVAL for a bad or missing value (the caller prints @err and
  *         exits 2, as Go's flag package does)
@@ -269,10 +298,16 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 	const char *host_ip = "0.0.0.0", *container_ip = NULL;
 	long host_port = -1, container_port = -1;
 	enum cli_action action = CLI_RUN;
+	const char *classic = NULL; /* a single-mapping flag that was given */
+	bool publish_all = false;
+	size_t nexpose = 0;
 	unsigned long long n;
 	int c, idx;
 
 	config_defaults(cfg);
+	cfg->specs = calloc((size_t)argc, sizeof(*cfg->specs));
+	if (!cfg->specs)
+		return fail(err, errlen, "out of memory");
 	optind = 0; /* full reset, so that tests may call us again */
 	opterr = 0;
 	for (;;) {
@@ -296,6 +331,15 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 		if (c == ':')
 			return fail(err, errlen, "flag needs an argument: -%s", options[idx].name);
 
+		switch (c) {
+		case OPT_PROTO:
+		case OPT_HOST_IP:
+		case OPT_HOST_PORT:
+		case OPT_CONTAINER_PORT:
+		case OPT_USE_LISTEN_FD:
+			classic = options[idx].name;
+			break;
+		}
 		switch (c) {
 		case OPT_PROTO:
 			if (!strcmp(optarg, "tcp"))
@@ -375,6 +419,23 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 				return fail(err, errlen, "-udp-timeout must be above zero");
 			break;
 		}
+		case OPT_PUBLISH:
+			if (spec_parse_publish(optarg, &cfg->specs[cfg->nspecs], err, errlen) < 0)
+				return -EINVAL;
+			cfg->nspecs++;
+			break;
+		case OPT_EXPOSE:
+			/* Kept at the end of specs: -p ones go before them below. */
+			if (spec_parse_expose(optarg, &cfg->specs[argc - 1 - (int)nexpose], err,
+					      errlen) < 0)
+				return -EINVAL;
+			nexpose++;
+			break;
+		case OPT_PUBLISH_ALL:
+			if (optarg && parse_bool(optarg, &b) < 0)
+				return fail(err, errlen, "invalid boolean value \"%s\" for -P", optarg);
+			publish_all = optarg ? b : true;
+			break;
 		case OPT_HELP:
 		case OPT_VERSION:
 			if (optarg && (parse_bool(optarg, &b) < 0 || !b))
@@ -391,6 +452,26 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 			    argv[optind]);
 	if (!container_ip)
 		return fail(err, errlen, "-container-ip is required");
+	if (nexpose && !publish_all)
+		return fail(err, errlen, "-expose publishes only with -P");
+	if (publish_all && !nexpose)
+		return fail(err, errlen, "-P publishes the -expose ports, and there are none");
+	for (size_t i = 0; i < nexpose; i++)
+		cfg->specs[cfg->nspecs++] = cfg->specs[argc - 1 - (int)i];
+	if (cfg->nspecs) {
+		if (classic)
+			return fail(err, errlen,
+				    "-%s cannot be mixed with -p or -P: give every mapping as -p",
+				    classic);
+		if (addr_parse_ip(container_ip, 0, &cfg->map.backend) < 0)
+			return fail(err, errlen,
+				    "invalid value \"%s\" for flag -container-ip: not an IP address",
+				    container_ip);
+		if (addr_is_any(&cfg->map.backend))
+			return fail(err, errlen, "-container-ip %s is not a destination",
+				    container_ip);
+		return CLI_RUN;
+	}
 	if (container_port < 1)
 		return fail(err, errlen, "-container-port is required and must be 1-65535");
 	if (host_port < 0 && !cfg->use_listen_fd)

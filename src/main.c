@@ -24,21 +24,30 @@
 #include "portproxy/listener.h"
 #include "portproxy/log.h"
 #include "portproxy/pipe_pool.h"
+#include "portproxy/publish.h"
 #include "portproxy/sock.h"
 #include "portproxy/tcp_relay.h"
+#include "portproxy/udp_relay.h"
 #include "version.h"
 
 #define PARENT_FD 3
 #define LISTEN_FD 4
+
+/* One bound socket being served, and what serves it. */
+struct service {
+	struct tcp_relay *sv_tcp;
+	struct listener *sv_listener;
+	struct udp_relay *sv_udp;
+};
 
 struct proxy {
 	struct config cfg;
 	struct event_base *base;
 	struct event *sig[2];
 	struct pipe_pool *pipes;
-	struct tcp_relay *tcp;
-	struct listener *listener;
-	int parent_fd; /* fd 3 until the handshake, else -1 */
+	struct binding_set bindings;
+	struct service *svc; /* one per binding */
+	int parent_fd;       /* fd 3 until the handshake, else -1 */
 };
 
 /*
@@ -130,14 +139,30 @@ static struct event_base *make_base(void)
 	return base;
 }
 
-/* Bind (or adopt fd 4) and start accepting. Exits through die() on failure. */
-static void start_tcp(struct proxy *p)
+/* Go-style error text for sock_adopt()'s refusals. */
+static const char *adopt_error(int err, char *buf, size_t len)
+{
+	switch (err) {
+	case -EINVAL:
+		return "socket is not listening (or not bound)";
+	case -EPROTOTYPE:
+		return "wrong socket type";
+	case -EAFNOSUPPORT:
+		return "wrong address family";
+	default:
+		return errtext(-err, buf, len);
+	}
+}
+
+/*
+ * The classic single mapping: bind -host-ip:-host-port, or adopt the socket
+ * dockerd passed as fd 4. Exits through die() on failure.
+ */
+static void bind_classic(struct proxy *p)
 {
 	struct mapping *m = &p->cfg.map;
-	struct tcp_relay_opts opts = {
-		.pipe_size = p->cfg.pipe_size,
-		.connect_timeout_ms = p->cfg.connect_timeout_ms,
-	};
+	int type = m->proto == IPPROTO_UDP ? SOCK_DGRAM : SOCK_STREAM;
+	struct binding b = { .b_proto = m->proto, .b_backend = m->backend };
 	char where[ADDR_STRLEN], eb[128];
 	const char *op;
 	int fd, ret;
@@ -146,65 +171,141 @@ static void start_tcp(struct proxy *p)
 		struct addr local;
 
 		fd = LISTEN_FD;
-		ret = sock_adopt(fd, SOCK_STREAM, IPPROTO_TCP, &op);
+		ret = sock_adopt(fd, type, m->proto, &op);
 		if (ret == 0 && sock_local(fd, &local) == 0 &&
 		    addr_family(&local) != addr_family(&m->host))
 			ret = -EAFNOSUPPORT;
 		if (ret < 0)
-			die(p, "listen fd %d: not a listening %s socket for -host-ip %s: %s", fd,
-			    addr_netname(IPPROTO_TCP, &m->host), addr_format_ip(&m->host, where, sizeof(where)),
-			    ret == -EINVAL ? "socket is not listening"
-			    : ret == -EPROTOTYPE ? "wrong socket type"
-			    : ret == -EAFNOSUPPORT ? "wrong address family"
-						   : errtext(-ret, eb, sizeof(eb)));
-		sock_local(fd, &m->host);
+			die(p, "listen fd %d: not a usable %s socket for -host-ip %s: %s", fd,
+			    addr_netname(m->proto, &m->host),
+			    addr_format_ip(&m->host, where, sizeof(where)),
+			    adopt_error(ret, eb, sizeof(eb)));
 	} else {
-		fd = sock_listen(SOCK_STREAM, IPPROTO_TCP, &m->host, &op);
+		fd = sock_listen(type, m->proto, &m->host, &op);
 		if (fd < 0)
-			die(p, "listen %s %s: %s: %s", addr_netname(IPPROTO_TCP, &m->host),
+			die(p, "listen %s %s: %s: %s", addr_netname(m->proto, &m->host),
 			    addr_format(&m->host, where, sizeof(where)), op,
 			    errtext(-fd, eb, sizeof(eb)));
-		sock_local(fd, &m->host);
 	}
-	m->listen_fd = fd;
-	p->pipes = pipe_pool_new(p->cfg.pipe_size, p->cfg.max_pipes);
-	opts.pipes = p->pipes;
-	p->tcp = p->pipes ? tcp_relay_new(p->base, &m->backend, &opts) : NULL;
-	p->listener = p->tcp ? listener_new(p->base, fd, tcp_relay_accept, p->tcp) : NULL;
-	if (!p->listener)
-		die(p, "listen %s %s: out of memory", addr_netname(IPPROTO_TCP, &m->host),
-		    addr_format(&m->host, where, sizeof(where)));
+	b.b_fd = fd;
+	sock_local(fd, &b.b_host);
+	if (publish_add(&p->bindings, &b) < 0)
+		die(p, "out of memory");
+}
+
+/* Bind every -p / -P mapping, all or nothing. Exits through die() on failure. */
+static void bind_specs(struct proxy *p)
+{
+	struct port_range eph;
+	char err[300];
+
+	publish_ephemeral_range("/proc/sys/net/ipv4/ip_local_port_range", &eph);
+	if (publish_bind(p->cfg.specs, p->cfg.nspecs, &p->cfg.map.backend, &eph, &p->bindings, err,
+			 sizeof(err)) < 0)
+		die(p, "%s", err);
+	publish_sort(&p->bindings);
+}
+
+/* Serve binding @b with @sv. Exits through die() on failure. */
+static void start_service(struct proxy *p, struct binding *b, struct service *sv)
+{
+	struct tcp_relay_opts opts = {
+		.pipes = p->pipes,
+		.pipe_size = p->cfg.pipe_size,
+		.connect_timeout_ms = p->cfg.connect_timeout_ms,
+	};
+	char where[ADDR_STRLEN];
+
+	switch (b->b_proto) {
+	case IPPROTO_TCP:
+		sv->sv_tcp = tcp_relay_new(p->base, &b->b_backend, &opts);
+		sv->sv_listener = sv->sv_tcp ? listener_new(p->base, b->b_fd, tcp_relay_accept,
+							    sv->sv_tcp)
+					     : NULL;
+		if (!sv->sv_listener)
+			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
+			    addr_format(&b->b_host, where, sizeof(where)));
+		b->b_fd = -1; /* the listener owns it now */
+		break;
+	case IPPROTO_UDP: {
+		struct udp_relay_opts uo = {
+			.idle_timeout_ms = p->cfg.udp_timeout_ms,
+			.max_flows = p->cfg.udp_max_flows,
+		};
+		char eb[128];
+
+		sv->sv_udp = udp_relay_new(p->base, b->b_fd, &b->b_backend, &uo);
+		if (!sv->sv_udp)
+			die(p, "listen %s %s: %s", addr_netname(b->b_proto, &b->b_host),
+			    addr_format(&b->b_host, where, sizeof(where)),
+			    errtext(errno, eb, sizeof(eb)));
+		b->b_fd = -1; /* the relay owns it now */
+		break;
+	}
+	default:
+		die(p, "listen %s %s: -proto %s is not supported yet",
+		    addr_netname(b->b_proto, &b->b_host),
+		    addr_format(&b->b_host, where, sizeof(where)), addr_proto_name(b->b_proto));
+	}
+}
+
+/* The start-up line: the version and the mapping (or how many there are). */
+static void log_start(const struct proxy *p)
+{
+	const struct binding *b = &p->bindings.bs_v[0];
+	char host[ADDR_STRLEN], be[ADDR_STRLEN];
+
+	if (p->bindings.bs_n == 1) {
+		log_info("portproxy %s: %s %s -> %s", PORTPROXY_VERSION,
+			 addr_proto_name(b->b_proto), addr_format(&b->b_host, host, sizeof(host)),
+			 addr_format(&b->b_backend, be, sizeof(be)));
+		return;
+	}
+	log_info("portproxy %s: %zu mappings to %s", PORTPROXY_VERSION, p->bindings.bs_n,
+		 addr_format_ip(&b->b_backend, be, sizeof(be)));
+	for (size_t i = 0; i < p->bindings.bs_n; i++) {
+		b = &p->bindings.bs_v[i];
+		log_debug("%s %s -> %s", addr_proto_name(b->b_proto),
+			  addr_format(&b->b_host, host, sizeof(host)),
+			  addr_format(&b->b_backend, be, sizeof(be)));
+	}
 }
 
 static void proxy_free(struct proxy *p)
 {
-	listener_free(p->listener);
-	tcp_relay_free(p->tcp);
+	for (size_t i = 0; p->svc && i < p->bindings.bs_n; i++) {
+		listener_free(p->svc[i].sv_listener);
+		tcp_relay_free(p->svc[i].sv_tcp);
+		udp_relay_free(p->svc[i].sv_udp);
+	}
+	free(p->svc);
+	publish_close(&p->bindings);
 	pipe_pool_free(p->pipes);
 	for (int i = 0; i < 2; i++)
 		if (p->sig[i])
 			event_free(p->sig[i]);
 	if (p->base)
 		event_base_free(p->base);
+	cli_free(&p->cfg);
 }
 
 int main(int argc, char **argv)
 {
 	struct proxy p = { .parent_fd = take_parent_fd() };
-	struct mapping *m = &p.cfg.map;
-	char err[256], host[ADDR_STRLEN], be[ADDR_STRLEN];
+	char err[256];
 	int ret;
 
 	ret = cli_parse(argc, argv, &p.cfg, err, sizeof(err));
-	if (ret == CLI_HELP) {
-		cli_usage(stdout);
-		return 0;
-	}
-	if (ret == CLI_VERSION) {
-		printf("portproxy version %s\n", PORTPROXY_VERSION);
+	if (ret == CLI_HELP || ret == CLI_VERSION) {
+		if (ret == CLI_HELP)
+			cli_usage(stdout);
+		else
+			printf("portproxy version %s\n", PORTPROXY_VERSION);
+		cli_free(&p.cfg);
 		return 0;
 	}
 	if (ret < 0) {
+		cli_free(&p.cfg);
 		fprintf(stderr, "portproxy: %s\n", err);
 		if (ret == -ENOENT)
 			cli_usage(stderr);
@@ -226,19 +327,21 @@ int main(int argc, char **argv)
 			die(&p, "event loop: cannot handle signals");
 	}
 
-	switch (m->proto) {
-	case IPPROTO_TCP:
-		start_tcp(&p);
-		break;
-	default:
-		die(&p, "listen %s %s: -proto %s is not supported yet",
-		    addr_netname(m->proto, &m->host), addr_format(&m->host, host, sizeof(host)),
-		    addr_proto_name(m->proto));
-	}
+	if (p.cfg.nspecs)
+		bind_specs(&p);
+	else
+		bind_classic(&p);
+	p.pipes = pipe_pool_new(p.cfg.pipe_size, p.cfg.max_pipes);
+	p.svc = calloc(p.bindings.bs_n, sizeof(*p.svc));
+	if (!p.pipes || !p.svc)
+		die(&p, "out of memory");
+	for (size_t i = 0; i < p.bindings.bs_n; i++)
+		start_service(&p, &p.bindings.bs_v[i], &p.svc[i]);
 
-	log_info("portproxy %s: %s %s -> %s", PORTPROXY_VERSION, addr_proto_name(m->proto),
-		 addr_format(&m->host, host, sizeof(host)), addr_format(&m->backend, be, sizeof(be)));
+	log_start(&p);
 	report(&p, NULL);
+	if (p.cfg.nspecs)
+		publish_report(&p.bindings, stdout);
 
 	event_base_dispatch(p.base);
 	proxy_free(&p);

@@ -25,6 +25,7 @@ static int parse(const char *first, ...)
 	va_end(ap);
 	argv[argc] = NULL;
 	err[0] = '\0';
+	cli_free(&cfg);
 	return cli_parse(argc, argv, &cfg, err, sizeof(err));
 }
 
@@ -208,6 +209,57 @@ START_TEST(durations)
 }
 END_TEST
 
+START_TEST(publish_specs)
+{
+	ck_assert_int_eq(parse("-container-ip", "198.51.100.2", "-p", "8080:80", "--publish",
+			       "[::1]::53/udp", "-p=1000-1002:2000-2002", NULL),
+			 CLI_RUN);
+	ck_assert_uint_eq(cfg.nspecs, 3);
+	ck_assert_uint_eq(cfg.specs[0].ps_host_first, 8080);
+	ck_assert_int_eq(cfg.specs[1].ps_proto, IPPROTO_UDP);
+	ck_assert_uint_eq(cfg.specs[2].ps_cont_last, 2002);
+	ck_assert_int_eq(addr_family(&cfg.map.backend), AF_INET);
+}
+END_TEST
+
+START_TEST(publish_all_with_expose)
+{
+	ck_assert_int_eq(parse("-P", "-expose", "80", "-container-ip", "::1", "-expose",
+			       "7000-7002/udp", "-p", "22", NULL),
+			 CLI_RUN);
+	ck_assert_uint_eq(cfg.nspecs, 3);
+	ck_assert_uint_eq(cfg.specs[0].ps_cont_first, 22); /* -p first, then exposes in order */
+	ck_assert_uint_eq(cfg.specs[1].ps_cont_first, 80);
+	ck_assert_uint_eq(cfg.specs[2].ps_cont_first, 7000);
+	ck_assert_uint_eq(cfg.specs[2].ps_host_first, 0);
+}
+END_TEST
+
+START_TEST(publish_refused)
+{
+	ck_assert_int_eq(parse("-container-ip", "10.0.0.2", "-p", "80", "-host-port", "1", NULL),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "-host-port cannot be mixed"));
+	ck_assert_int_eq(parse("-proto", "udp", "-container-ip", "10.0.0.2", "-p", "80", NULL),
+			 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "-proto cannot be mixed"));
+	ck_assert_int_eq(parse("-container-ip", "10.0.0.2", "-expose", "80", NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "only with -P"));
+	ck_assert_int_eq(parse("-container-ip", "10.0.0.2", "-P", NULL), -EINVAL);
+	ck_assert_int_eq(parse("-container-ip", "10.0.0.2", "-p", "80-82:80-81", NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "\"80-82:80-81\""));
+	ck_assert_int_eq(parse("-container-ip", "10.0.0.2", "-p", "70000", NULL), -EINVAL);
+	ck_assert_int_eq(parse("-container-ip", "nope", "-p", "80", NULL), -EINVAL);
+	ck_assert_int_eq(parse("-p", "80", NULL), -EINVAL);
+	ck_assert_str_eq(err, "-container-ip is required");
+}
+END_TEST
+
+static void teardown(void)
+{
+	cli_free(&cfg);
+}
+
 static Suite *cli_suite(void)
 {
 	Suite *s = suite_create("cli");
@@ -220,6 +272,11 @@ static Suite *cli_suite(void)
 	tcase_add_test(ok, help_and_version);
 	tcase_add_test(ok, extras);
 	tcase_add_test(ok, durations);
+	tcase_add_test(ok, publish_specs);
+	tcase_add_test(ok, publish_all_with_expose);
+	tcase_add_test(bad, publish_refused);
+	tcase_add_checked_fixture(ok, NULL, teardown);
+	tcase_add_checked_fixture(bad, NULL, teardown);
 	tcase_add_test(bad, unknown_flags);
 	tcase_add_test(bad, missing_values);
 	tcase_add_test(bad, bad_values);

@@ -9,6 +9,7 @@
 
 #include "portproxy/addr.h"
 #include "portproxy/log.h"
+#include "portproxy/spec.h"
 
 /* One published port: where to listen and where to forward. */
 struct mapping {
@@ -29,12 +30,16 @@ struct config {
 	uint64_t connect_timeout_ms; /* 0: the kernel's own (no timer) */
 	uint64_t udp_timeout_ms;     /* idle expiry of a UDP flow */
 	unsigned udp_max_flows;      /* flows at once; the least recent goes */
+	struct port_spec *specs;     /* -p, then -P's -expose ports; map.backend's
+				      * IP is the container's */
+	size_t nspecs;
 };
 
 /* What cli_parse() asks the caller to do when it does not fail. */
 enum cli_action { CLI_RUN, CLI_HELP, CLI_VERSION };
 
 int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errlen);
+void cli_free(struct config *cfg);
 void cli_usage(FILE *out);
 int cli_parse_duration(const char *s, uint64_t *ms);
 int cli_parse_size(const char *s, size_t *out);
