@@ -80,6 +80,7 @@ struct conn {
 	struct event *c_ev[SIDES];
 	struct dir c_dir[SIDES];
 	bool c_connected;
+	bool c_waiting; /* no descriptor for the backend socket yet */
 	unsigned long long c_bytes[SIDES];
 	struct addr c_peer;
 };
@@ -91,11 +92,16 @@ struct tcp_relay {
 	struct conn *r_conns;
 	unsigned long long r_next_id;
 	struct tcp_relay_stats r_stats;
+	struct event *r_retry; /* retries connects that ran out of descriptors */
+	unsigned r_nwaiting;
 	struct log_ratelimit r_refused_warn;
+	struct log_ratelimit r_nofd_warn;
 };
 
 static void conn_event(evutil_socket_t fd, short what, void *arg);
 
+/* How long a client whose backend socket could not be made waits to retry. */
+static const struct timeval retry_delay = { 0, 100 * 1000 };
 
 /**
  * conn_close() - end @c, once, for @reason; @err is 0 or the -errno behind it
@@ -131,6 +137,8 @@ static void conn_close(struct conn *c, bool reset, const char *reason, int err)
 			pipe_pool_put(r->r_opts.pipes, d->d_pipe, d->d_pending);
 		free(d->d_buf);
 	}
+	if (c->c_waiting)
+		r->r_nwaiting--;
 	if (reset)
 		r->r_stats.aborted++;
 	else
@@ -373,6 +381,58 @@ static int conn_arm_backend(struct conn *c, uint64_t timeout_ms)
 	return event_add(c->c_ev[SIDE_BACKEND], timeout_ms ? &tv : NULL) < 0 ? -ENOMEM : 0;
 }
 
+/*
+ * Start the backend connect of @c. Out of descriptors, @c waits (the client
+ * sees a slow connect, as from a full backlog, not a reset) and the retry
+ * timer tries again. May free @c.
+ */
+static void conn_connect(struct conn *c)
+{
+	struct tcp_relay *r = c->c_relay;
+	int ret = sock_connect(SOCK_STREAM, 0, &r->r_backend, &c->c_fd[SIDE_BACKEND]);
+
+	if (ret == -EMFILE || ret == -ENFILE || ret == -ENOBUFS || ret == -ENOMEM) {
+		if (!c->c_waiting) {
+			c->c_waiting = true;
+			r->r_nwaiting++;
+		}
+		if (!evtimer_pending(r->r_retry, NULL))
+			evtimer_add(r->r_retry, &retry_delay);
+		log_limited(&r->r_nofd_warn, 10, LOG_LVL_WARN,
+			    "tcp: no socket for the backend: %s; clients wait", strerror(-ret));
+		return;
+	}
+	if (c->c_waiting) {
+		c->c_waiting = false;
+		r->r_nwaiting--;
+	}
+	if (ret < 0 && ret != -EINPROGRESS) {
+		r->r_stats.refused++;
+		conn_close(c, true, "connect to backend failed", ret);
+		return;
+	}
+	if ((ret = conn_arm_backend(c, r->r_opts.connect_timeout_ms)) < 0)
+		conn_close(c, true, "out of memory", ret);
+}
+
+/* The retry timer: connect the clients that waited for a descriptor. */
+static void relay_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct tcp_relay *r = arg;
+	struct conn *c, *next;
+
+	(void)fd;
+	(void)what;
+	for (c = r->r_conns; c && r->r_nwaiting; c = next) {
+		next = c->c_next;
+		if (!c->c_waiting)
+			continue;
+		conn_connect(c);
+		if (evtimer_pending(r->r_retry, NULL))
+			return; /* still out: the rest wait for the next round */
+	}
+}
+
 /**
  * tcp_relay_accept() - relay a new client connection to the backend
  * @fd: the accepted socket, non-blocking; ownership passes to the relay
@@ -385,7 +445,6 @@ void tcp_relay_accept(int fd, const struct addr *peer, void *relay)
 {
 	struct tcp_relay *r = relay;
 	struct conn *c;
-	int ret;
 
 	sock_tune_tcp(fd);
 	c = conn_new(r, fd, peer);
@@ -393,14 +452,13 @@ void tcp_relay_accept(int fd, const struct addr *peer, void *relay)
 		sock_reset_close(fd);
 		return;
 	}
-	ret = sock_connect(SOCK_STREAM, 0, &r->r_backend, &c->c_fd[SIDE_BACKEND]);
-	if (ret < 0 && ret != -EINPROGRESS) {
-		r->r_stats.refused++;
-		conn_close(c, true, "connect to backend failed", ret);
+	if (r->r_nwaiting) {
+		/* Others already wait for a descriptor: queue behind them. */
+		c->c_waiting = true;
+		r->r_nwaiting++;
 		return;
 	}
-	if ((ret = conn_arm_backend(c, r->r_opts.connect_timeout_ms)) < 0)
-		conn_close(c, true, "out of memory", ret);
+	conn_connect(c);
 }
 
 /**
@@ -444,6 +502,12 @@ struct tcp_relay *tcp_relay_new(struct event_base *base, const struct addr *back
 	r->r_base = base;
 	r->r_backend = *backend;
 	r->r_opts = *opts;
+	r->r_retry = evtimer_new(base, relay_retry, r);
+	if (!r->r_retry) {
+		free(r);
+		errno = ENOMEM;
+		return NULL;
+	}
 	return r;
 }
 
@@ -457,6 +521,7 @@ void tcp_relay_free(struct tcp_relay *r)
 		return;
 	while (r->r_conns)
 		conn_close(r->r_conns, false, "shutting down", 0);
+	event_free(r->r_retry);
 	free(r);
 }
 
