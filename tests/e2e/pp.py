@@ -104,7 +104,15 @@ except (OSError, AttributeError):
 _PR_SET_PDEATHSIG = 1
 
 _live_procs = []
+_temp_paths = []
 _live_lock = threading.Lock()
+
+
+def wait_readable(fd, timeout):
+    """True if fd becomes readable within timeout seconds (poll: works for any fd number)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(p.poll(max(0, int(timeout * 1000))))
 
 
 def _track(proc):
@@ -123,6 +131,11 @@ def _kill_leftovers():
                 p.wait(timeout=2)
             except Exception:
                 pass
+    with _live_lock:
+        paths = list(_temp_paths)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _make_preexec(fd_map, pdeathsig, user_preexec):
@@ -186,8 +199,7 @@ class Proxy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            r, _, _ = select.select([rfd], [], [], remaining)
-            if not r:
+            if not wait_readable(rfd, remaining):
                 break
             data = os.read(rfd, 4096)
             if not data:
@@ -242,8 +254,7 @@ class Proxy:
         exited = False
         try:
             if pidfd is not None:
-                r, _, _ = select.select([pidfd], [], [], timeout)
-                exited = bool(r)
+                exited = wait_readable(pidfd, timeout)
                 self.stop_seconds = time.monotonic() - t0
             else:
                 try:
@@ -327,6 +338,8 @@ def spawn(args, listen_fd=None, stdio_null=True, extra_env=None, preexec=None, h
         out_f = os.fdopen(fd, "wb")
         fd, err_path = tempfile.mkstemp(prefix="pp-err-")
         err_f = os.fdopen(fd, "wb")
+        with _live_lock:
+            _temp_paths.extend((out_path, err_path))
 
     rfd = wfd = None
     fd_map = []
@@ -932,8 +945,14 @@ class NetNS:
     every suite uses the same addresses. Raises NetNSUnavailable (not root, no `ip`, ...)."""
 
     LOCK_PATH = "/tmp/portproxy-e2e-netns.lock"
+    V4_NET, V6_NET = "198.51.100.0/24", "2001:db8::/64"
 
-    def __init__(self):
+    def __init__(self, need_v4=True, need_v6=False, busy_wait=15.0):
+        """need_v4/need_v6: raise NetNSUnavailable unless that family's range is free on this
+        host (something else, e.g. a benchmark, may be using it: waited for up to busy_wait s).
+        A family not needed is configured only if its range is free (see .ipv4, .ipv6)."""
+        self.need_v4, self.need_v6, self.busy_wait = need_v4, need_v6, busy_wait
+        self.ipv4 = self.ipv6 = False
         tag = secrets.token_hex(4)
         self.name = "ppt-" + tag
         self.host_if = "pph" + tag  # <= 15 chars
@@ -976,11 +995,37 @@ class NetNS:
                     raise NetNSUnavailable("timed out waiting for %s" % self.LOCK_PATH)
                 time.sleep(0.05)
         try:
+            self._wait_ranges_free()
             self._setup()
         except BaseException:
             self._teardown()
             raise
         return self
+
+    def _range_user(self, fam, net):
+        """Description of what already uses `net` on this host, or "" if nothing does."""
+        addrs = self._ip("-o", fam, "addr", "show", "to", net, check=False).stdout.decode()
+        routes = self._ip(fam, "route", "show", net, check=False).stdout.decode()
+        return (addrs.strip() or routes.strip()).splitlines()[0] if (addrs.strip() or
+                                                                     routes.strip()) else ""
+
+    def _wait_ranges_free(self):
+        deadline = time.monotonic() + self.busy_wait
+        while True:
+            v4 = self._range_user("-4", self.V4_NET)
+            v6 = self._range_user("-6", self.V6_NET)
+            blocking = [(net, who) for need, net, who in
+                        ((self.need_v4, self.V4_NET, v4), (self.need_v6, self.V6_NET, v6))
+                        if need and who]
+            if not blocking:
+                break
+            if time.monotonic() > deadline:
+                raise NetNSUnavailable("%s is already in use on this host by something else "
+                                       "(another test run or a benchmark?), waited %.0f s: %s"
+                                       % (blocking[0][0], self.busy_wait, blocking[0][1]))
+            time.sleep(0.2)
+        self.ipv4 = not v4
+        self.ipv6 = not v6
 
     def _setup(self):
         self._ip("netns", "add", self.name)
@@ -988,17 +1033,20 @@ class NetNS:
         self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
         self._created_link = True
         self._ip("link", "set", self.peer_if, "netns", self.name)
-        self._ip("addr", "add", NS_HOST_V4 + "/24", "dev", self.host_if)
-        self._ip("link", "set", self.host_if, "up")
         n = ["-n", self.name]
         self._ip(*n, "link", "set", "lo", "up")
-        self._ip(*n, "addr", "add", NS_PEER_V4 + "/24", "dev", self.peer_if)
+        if self.ipv4:
+            self._ip("addr", "add", NS_HOST_V4 + "/24", "dev", self.host_if)
+            self._ip(*n, "addr", "add", NS_PEER_V4 + "/24", "dev", self.peer_if)
+        if self.ipv6:
+            for args in (["addr", "add", NS_HOST_V6 + "/64", "dev", self.host_if, "nodad"],
+                         n + ["addr", "add", NS_PEER_V6 + "/64", "dev", self.peer_if, "nodad"]):
+                if self._ip(*args, check=False).returncode != 0:
+                    if self.need_v6:
+                        raise NetNSUnavailable("could not configure IPv6 on the veth pair")
+                    self.ipv6 = False
+        self._ip("link", "set", self.host_if, "up")
         self._ip(*n, "link", "set", self.peer_if, "up")
-        self.ipv6 = True
-        for args in (["addr", "add", NS_HOST_V6 + "/64", "dev", self.host_if, "nodad"],
-                     n + ["addr", "add", NS_PEER_V6 + "/64", "dev", self.peer_if, "nodad"]):
-            if self._ip(*args, check=False).returncode != 0:
-                self.ipv6 = False
 
     def exec_popen(self, argv, **kw):
         """Popen argv inside the namespace (tracked; killed on exit)."""
@@ -1013,8 +1061,7 @@ class NetNS:
         p = self.exec_popen([sys.executable, "-c", _NS_ECHO_SCRIPT, host],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-        r, _, _ = select.select([p.stdout], [], [], timeout)
-        line = p.stdout.readline() if r else b""
+        line = p.stdout.readline() if wait_readable(p.stdout.fileno(), timeout) else b""
         if not line.strip().isdigit():
             err = b""
             if p.poll() is not None:

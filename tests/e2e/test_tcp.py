@@ -209,6 +209,19 @@ class ProxyTestCase(unittest.TestCase):
                           % (what, len(got)))
             got += d
 
+    def connect_expect_reset(self, host, port, within, what):
+        """Connect and require a reset within `within` s. The reset may come so fast that
+        connect() itself reports it (the proxy refused before our connect() returned)."""
+        t0 = time.monotonic()
+        try:
+            c = pp.connect(host, port, timeout=2)
+        except ConnectionResetError:
+            return time.monotonic() - t0
+        try:
+            return self.expect_reset(c, within, what)[1]
+        finally:
+            c.close()
+
     def need_v6(self):
         if not HAVE_V6:
             self.skipTest("IPv6 loopback (::1) is not available here")
@@ -405,8 +418,8 @@ class TestBulk(ProxyTestCase):
                     conn.sendall(chunk)
                     h.update(chunk)
                     st["sent"] += len(chunk)
+                st["sha"] = h.hexdigest()  # before the FIN: the client may check at once
                 conn.shutdown(socket.SHUT_WR)
-                st["sha"] = h.hexdigest()
                 pp.recv_until_eof(conn, timeout=30)
             except (OSError, TimeoutError) as e:
                 st["err"] = repr(e)
@@ -480,18 +493,23 @@ class TestBulk(ProxyTestCase):
         c = self.client("127.0.0.1", p.port)
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.sendall(b"N")
-        t0 = time.monotonic()
+        rounds = []
         for i in range(100):
+            t0 = time.monotonic()
             c.sendall(b"q")
             time.sleep(0.002)  # pacing: two separate segments
             c.sendall(b"Q" * 50)
             self.assertEqual(pp.recv_exact(c, 101, timeout=5), b"H" + b"B" * 100,
                              "round %d" % i)
-        dt = time.monotonic() - t0
-        note("100 split-write round trips in %.3f s (%.1f ms each, 4 ms of it pacing)",
-             dt, dt * 10)
-        self.assertLess(dt, 2.0, "100 round trips took %.2f s: small writes are being delayed "
-                        "(TCP_NODELAY missing on the proxy's sockets?)" % dt)
+            rounds.append(time.monotonic() - t0)
+        rounds.sort()
+        median = rounds[len(rounds) // 2]
+        note("100 split-write round trips: median %.1f ms, max %.1f ms (4 ms of each is "
+             "pacing)", median * 1000, rounds[-1] * 1000)
+        # A Nagle stall waits for a delayed ACK (>= 40 ms) in nearly every round; the median
+        # ignores the odd round slowed down by a loaded CI machine.
+        self.assertLess(median, 0.020, "median round trip %.1f ms: small writes are being "
+                        "delayed (TCP_NODELAY missing on the proxy's sockets?)" % (median * 1000))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -503,12 +521,8 @@ class TestResets(ProxyTestCase):
         p = self.start_proxy(bport)
         base = p.socket_count()
         for i in range(20):
-            c = pp.connect("127.0.0.1", p.port, timeout=2)
-            try:
-                _, dt = self.expect_reset(c, 1.0, "connection %d to a proxy whose backend "
-                                          "refuses" % i)
-            finally:
-                c.close()
+            dt = self.connect_expect_reset("127.0.0.1", p.port, 1.0, "connection %d to a proxy "
+                                           "whose backend refuses" % i)
             if i == 0:
                 note("reset after %.1f ms", dt * 1000)
         self.assertTrue(p.alive(), "proxy died after backend refusals")
@@ -817,16 +831,28 @@ class TestSignals(ProxyTestCase):
 class TestLimits(ProxyTestCase):
     """Case 12: out of descriptors, the proxy backs off (no spin), survives and recovers."""
 
-    def test_emfile_backs_off_and_recovers(self):
-        echo = self.echo_server()
+    def starved_proxy(self, echo):
         p = self.start_proxy(
             echo.port, stdio_null=False,
             preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)))
         self.assertEqual(pp.proc_nofile_limits(p.pid), (32, 32))
-        clients = []
+        return p
+
+    def open_clients(self, port, n):
+        """n connections at once; returns (sockets, number whose connect() failed)."""
+        clients, failed = [], 0
         self.addCleanup(lambda: [c.close() for c in clients])
-        for _ in range(100):
-            clients.append(pp.connect("127.0.0.1", p.port, timeout=5))
+        for _ in range(n):
+            try:
+                clients.append(pp.connect("127.0.0.1", port, timeout=5))
+            except OSError:
+                failed += 1
+        return clients, failed
+
+    def test_emfile_backs_off_and_recovers(self):
+        echo = self.echo_server()
+        p = self.starved_proxy(echo)
+        clients, failed = self.open_clients(p.port, 100)
         # Let it run into the limit: wait for the fd count to hold still for 300 ms.
         last, since = -1, time.monotonic()
         deadline = time.monotonic() + 5
@@ -838,8 +864,8 @@ class TestLimits(ProxyTestCase):
                 break
             time.sleep(0.02)
         self.assertTrue(p.alive(), "proxy died out of fds: %s" % p.describe())
-        note("starved proxy holds %d fds, backend has %d connections", p.fd_count(),
-             echo.active)
+        note("starved proxy holds %d fds, backend has %d connections, %d connects failed",
+             p.fd_count(), echo.active, failed)
         cpu0 = p.cpu_seconds()
         t0 = time.monotonic()
         time.sleep(1.0)
@@ -859,6 +885,57 @@ class TestLimits(ProxyTestCase):
         self.assertLess(len(lines), 100, "warnings not rate-limited: %d lines, e.g. %r"
                         % (len(lines), lines[:3]))
 
+    def test_emfile_excess_clients_wait_in_backlog(self):
+        """DESIGN 4: out of fds, clients wait in the backlog until there is room; none is
+        reset. Each of 100 clients sends its number; a client whose echo came back is closed,
+        which makes room for the next ones; in the end all 100 were served."""
+        echo = self.echo_server()
+        p = self.starved_proxy(echo)
+        clients, failed = self.open_clients(p.port, 100)
+        self.assertEqual(failed, 0, "%d of 100 connect() calls failed (reset while the proxy "
+                         "was out of fds?)" % failed)
+        want = {}
+        pending = set(range(len(clients)))
+        reset, eof = [], []
+        for i, c in enumerate(clients):
+            want[i] = b"%04d" % i
+            try:
+                c.sendall(want[i])
+            except (ConnectionResetError, BrokenPipeError):
+                reset.append(i)
+                pending.discard(i)
+            c.setblocking(False)
+        got = {i: b"" for i in pending}
+        deadline = time.monotonic() + 20
+        while pending and time.monotonic() < deadline:
+            for i in list(pending):
+                try:
+                    d = clients[i].recv(16)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    reset.append(i)
+                    pending.discard(i)
+                    continue
+                if not d:
+                    eof.append(i)
+                    pending.discard(i)
+                    continue
+                got[i] += d
+                if len(got[i]) >= 4:
+                    self.assertEqual(got[i], want[i], "client %d got another's bytes" % i)
+                    clients[i].close()
+                    pending.discard(i)
+            time.sleep(0.01)
+        note("served %d, reset %d, EOF %d, still waiting %d",
+             100 - len(reset) - len(eof) - len(pending), len(reset), len(eof), len(pending))
+        self.assertTrue(p.alive(), "proxy died out of fds: %s" % p.describe())
+        self.assertEqual(len(reset), 0, "%d clients were reset while the proxy was out of fds "
+                         "(they should wait in the backlog); e.g. clients %r"
+                         % (len(reset), reset[:5]))
+        self.assertEqual(len(eof), 0, "%d clients got EOF without an answer" % len(eof))
+        self.assertEqual(len(pending), 0, "%d clients never served in 20 s" % len(pending))
+
 
 # ------------------------------------------------------------------------------------------------
 class TestFlags(ProxyTestCase):
@@ -875,8 +952,9 @@ class TestFlags(ProxyTestCase):
         p, rc = self.run_flags(args)
         self.assertEqual(rc, 2, "exit code for %r" % (args,))
         lines = [ln for ln in p.stderr_text().splitlines() if ln.strip()]
-        self.assertEqual(len(lines), 1, "want a one-line error on stderr for %r, got %r"
-                         % (args, lines))
+        # One error line (plus at most a "see -h" hint), not the whole usage text.
+        self.assertTrue(1 <= len(lines) <= 2, "want a one-line error on stderr for %r, got %r"
+                        % (args, lines))
         self.assertIn(needle.lower(), lines[0].lower(), "stderr should name %r" % needle)
         self.assertEqual(p.status, "1", "fd 3 should carry '1\\n<message>' for %r: %s"
                          % (args, p.describe()))
@@ -985,8 +1063,8 @@ class TestFlags(ProxyTestCase):
 class TestNetns(ProxyTestCase):
     """Case 15: the backend lives in another network namespace, like a container."""
 
-    def netns(self):
-        ns = pp.NetNS()
+    def netns(self, **kw):
+        ns = pp.NetNS(**kw)
         try:
             ns.__enter__()
         except pp.NetNSUnavailable as e:
@@ -1005,17 +1083,15 @@ class TestNetns(ProxyTestCase):
         self.assert_echo("127.0.0.1", p.port, os.urandom(4 * MiB), "to %s in a netns" % peer)
         # Nothing listens on this port in the fresh namespace: refused -> client reset.
         p2 = self.start_proxy(pp.free_port(), container_ip=peer)
-        with pp.connect("127.0.0.1", p2.port) as c:
-            self.expect_reset(c, 1.0, "backend port closed in the namespace")
+        self.connect_expect_reset("127.0.0.1", p2.port, 1.0, "backend port closed in the "
+                                  "namespace")
 
     def test_backend_in_netns_ipv4(self):
         ns = self.netns()
         self._through(ns, pp.NS_PEER_V4)
 
     def test_backend_in_netns_ipv6(self):
-        ns = self.netns()
-        if not ns.ipv6:
-            self.skipTest("could not configure IPv6 on the veth pair")
+        ns = self.netns(need_v4=False, need_v6=True)
         self._through(ns, pp.NS_PEER_V6)
 
 
