@@ -25,6 +25,7 @@
 #include "portproxy/log.h"
 #include "portproxy/pipe_pool.h"
 #include "portproxy/publish.h"
+#include "portproxy/sctp_relay.h"
 #include "portproxy/sock.h"
 #include "portproxy/tcp_relay.h"
 #include "portproxy/udp_relay.h"
@@ -38,6 +39,7 @@ struct service {
 	struct tcp_relay *sv_tcp;
 	struct listener *sv_listener;
 	struct udp_relay *sv_udp;
+	struct sctp_relay *sv_sctp;
 };
 
 struct proxy {
@@ -48,6 +50,12 @@ struct proxy {
 	struct binding_set bindings;
 	struct service *svc; /* one per binding */
 	int parent_fd;       /* fd 3 until the handshake, else -1 */
+	struct stdout_report {
+		char *sr_buf;
+		size_t sr_len, sr_off;
+		int sr_fd;
+		struct event *sr_ev;
+	} out;
 };
 
 /*
@@ -183,9 +191,10 @@ static void bind_classic(struct proxy *p)
 	} else {
 		fd = sock_listen(type, m->proto, &m->host, &op);
 		if (fd < 0)
-			die(p, "listen %s %s: %s: %s", addr_netname(m->proto, &m->host),
+			die(p, "listen %s %s: %s: %s%s", addr_netname(m->proto, &m->host),
 			    addr_format(&m->host, where, sizeof(where)), op,
-			    errtext(-fd, eb, sizeof(eb)));
+			    errtext(-fd, eb, sizeof(eb)),
+			    fd == -EPROTONOSUPPORT ? " (this kernel has no SCTP)" : "");
 	}
 	b.b_fd = fd;
 	sock_local(fd, &b.b_host);
@@ -242,6 +251,17 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 		b->b_fd = -1; /* the relay owns it now */
 		break;
 	}
+	case IPPROTO_SCTP:
+		sctp_relay_tune(b->b_fd); /* the streams its associations offer */
+		sv->sv_sctp = sctp_relay_new(p->base, &b->b_backend);
+		sv->sv_listener = sv->sv_sctp ? listener_new(p->base, b->b_fd, sctp_relay_accept,
+							     sv->sv_sctp)
+					      : NULL;
+		if (!sv->sv_listener)
+			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
+			    addr_format(&b->b_host, where, sizeof(where)));
+		b->b_fd = -1; /* the listener owns it now */
+		break;
 	default:
 		die(p, "listen %s %s: -proto %s is not supported yet",
 		    addr_netname(b->b_proto, &b->b_host),
@@ -271,12 +291,83 @@ static void log_start(const struct proxy *p)
 	}
 }
 
+/* Write what stdout takes now; Return: true when done (sent, or dropped). */
+static bool stdout_report_write(struct stdout_report *sr)
+{
+	while (sr->sr_off < sr->sr_len) {
+		ssize_t n = write(sr->sr_fd, sr->sr_buf + sr->sr_off, sr->sr_len - sr->sr_off);
+
+		if (n > 0)
+			sr->sr_off += (size_t)n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			return n < 0 && errno == EAGAIN ? false : true; /* EPIPE: nobody reads */
+	}
+	return true;
+}
+
+static void stdout_report_free(struct stdout_report *sr)
+{
+	if (sr->sr_ev)
+		event_free(sr->sr_ev);
+	if (sr->sr_fd > STDOUT_FILENO)
+		close(sr->sr_fd);
+	free(sr->sr_buf);
+	memset(sr, 0, sizeof(*sr));
+}
+
+static void stdout_report_ready(evutil_socket_t fd, short what, void *arg)
+{
+	struct stdout_report *sr = arg;
+
+	(void)fd;
+	(void)what;
+	if (stdout_report_write(sr))
+		stdout_report_free(sr);
+}
+
+/*
+ * The mappings, on stdout, once fd 3 has said "0". A parent may read fd 3
+ * first and stdout later; a report larger than a pipe must then not block
+ * the loop (nor SIGTERM). So a pipe gets a non-blocking description of its
+ * own (reopened through /proc, which leaves the parent's flags alone) and
+ * whatever does not fit at once is written from the loop.
+ */
+static void stdout_report_start(struct proxy *p)
+{
+	struct stdout_report *sr = &p->out;
+	FILE *f = open_memstream(&sr->sr_buf, &sr->sr_len);
+	struct stat st;
+
+	if (!f)
+		return;
+	publish_report(&p->bindings, f);
+	fclose(f);
+	sr->sr_fd = STDOUT_FILENO;
+	if (fstat(STDOUT_FILENO, &st) == 0 && S_ISFIFO(st.st_mode)) {
+		int fd = open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+
+		if (fd >= 0)
+			sr->sr_fd = fd;
+	}
+	if (stdout_report_write(sr))
+		goto done;
+	sr->sr_ev = event_new(p->base, sr->sr_fd, EV_WRITE | EV_PERSIST, stdout_report_ready, sr);
+	if (sr->sr_ev && event_add(sr->sr_ev, NULL) == 0)
+		return;
+done:
+	stdout_report_free(sr);
+}
+
 static void proxy_free(struct proxy *p)
 {
+	stdout_report_free(&p->out);
 	for (size_t i = 0; p->svc && i < p->bindings.bs_n; i++) {
 		listener_free(p->svc[i].sv_listener);
 		tcp_relay_free(p->svc[i].sv_tcp);
 		udp_relay_free(p->svc[i].sv_udp);
+		sctp_relay_free(p->svc[i].sv_sctp);
 	}
 	free(p->svc);
 	publish_close(&p->bindings);
@@ -341,7 +432,7 @@ int main(int argc, char **argv)
 	log_start(&p);
 	report(&p, NULL);
 	if (p.cfg.nspecs)
-		publish_report(&p.bindings, stdout);
+		stdout_report_start(&p);
 
 	event_base_dispatch(p.base);
 	proxy_free(&p);

@@ -225,6 +225,15 @@ static int bind_first_free(struct binding_set *set, const struct port_spec *ps,
 	return -ENOSPC;
 }
 
+/* Has @set a binding of @proto to container port @port already? */
+static bool published(const struct binding_set *set, int proto, uint16_t port)
+{
+	for (size_t i = 0; i < set->bs_n; i++)
+		if (set->bs_v[i].b_proto == proto && addr_port(&set->bs_v[i].b_backend) == port)
+			return true;
+	return false;
+}
+
 /**
  * publish_bind() - bind every port that @specs publish, forwarding to
  * @container_ip; random ports come from @random_range
@@ -253,6 +262,9 @@ int publish_bind(const struct port_spec *specs, size_t n, const struct addr *con
 
 		for (unsigned k = 0; k < spec_ports(ps) && ret == 0; k++) {
 			addr_set_port(&backend, (uint16_t)(ps->ps_cont_first + k));
+			if (ps->ps_if_unpublished &&
+			    published(out, ps->ps_proto, addr_port(&backend)))
+				continue;
 			if (one_to_one(ps))
 				ret = bind_all(out, ps, (uint16_t)(ps->ps_host_first + k), &backend,
 					       &op, &where);

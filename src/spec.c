@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 __attribute__((format(printf, 4, 5))) static int bad(const char *spec, char *err, size_t errlen,
 						      const char *fmt, ...)
@@ -63,11 +64,12 @@ static int parse_proto(const char *s, size_t *len, int *proto)
 	if (!slash)
 		return 0;
 	*len = (size_t)(slash - s);
-	if (!strcmp(slash + 1, "tcp"))
+	/* As Docker: any case, and an empty protocol is tcp. */
+	if (!slash[1] || !strcasecmp(slash + 1, "tcp"))
 		*proto = IPPROTO_TCP;
-	else if (!strcmp(slash + 1, "udp"))
+	else if (!strcasecmp(slash + 1, "udp"))
 		*proto = IPPROTO_UDP;
-	else if (!strcmp(slash + 1, "sctp"))
+	else if (!strcasecmp(slash + 1, "sctp"))
 		*proto = IPPROTO_SCTP;
 	else
 		return -EINVAL;
@@ -107,8 +109,11 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 	if (s[0] == '[') {
 		const char *close = memchr(s, ']', len);
 
-		if (!close || close + 1 >= s + len || close[1] != ':')
-			return bad(s, err, errlen, "an IPv6 host IP in brackets must be followed by :hostPort:containerPort");
+		if (!close || close + 1 >= s + len || close[1] != ':' ||
+		    !memchr(close + 2, ':', (size_t)(s + len - close - 2)))
+			return bad(s, err, errlen,
+				   "an IPv6 host IP in brackets must be followed by "
+				   ":hostPort:containerPort or ::containerPort");
 		iplen = (size_t)(close + 1 - s);
 		ports = close + 2;
 		has_ip = true;
@@ -186,6 +191,9 @@ int spec_parse_expose(const char *s, struct port_spec *out, char *err, size_t er
 			 s);
 		return -EINVAL;
 	}
+	/* Docker keeps exposed ports in a set, and -P leaves out those with a
+	 * binding of their own. */
+	out->ps_if_unpublished = true;
 	return 0;
 }
 

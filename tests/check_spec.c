@@ -52,6 +52,10 @@ START_TEST(every_form)
 	expect(IPPROTO_SCTP, NULL, 0, 0, 9, 9);
 	ok("80/tcp");
 	expect(IPPROTO_TCP, NULL, 0, 0, 80, 80);
+	ok("80/UDP"); /* Docker lower-cases the protocol */
+	expect(IPPROTO_UDP, NULL, 0, 0, 80, 80);
+	ok("80/"); /* and takes an empty one for tcp */
+	expect(IPPROTO_TCP, NULL, 0, 0, 80, 80);
 }
 END_TEST
 
@@ -85,7 +89,7 @@ START_TEST(bad_forms)
 		{ "80/xyz", "protocol" },
 		{ "", "no container port" },
 		{ "/tcp", "no container port" },
-		{ "80/", "protocol" },
+		{ "[::1]:80", "brackets" },
 		{ "0", "container port" },
 		{ "82-80", "container port" },
 		{ "::1:80:80", "brackets" },

@@ -21,6 +21,7 @@ struct port_spec {
 	uint16_t ps_host_last;
 	uint16_t ps_cont_first;
 	uint16_t ps_cont_last;
+	bool ps_if_unpublished; /* -P: skip container ports already published */
 };
 
 int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t errlen);
