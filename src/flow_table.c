@@ -28,22 +28,22 @@ _Static_assert(sizeof(struct flow_key) == 40, "flow_key must have no padding");
 #define FLOW_BUCKETS_MIN 64
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-	do {                                                                                       \
-		v0 += v1;                                                                          \
-		v1 = ROTL(v1, 13);                                                                 \
-		v1 ^= v0;                                                                          \
-		v0 = ROTL(v0, 32);                                                                 \
-		v2 += v3;                                                                          \
-		v3 = ROTL(v3, 16);                                                                 \
-		v3 ^= v2;                                                                          \
-		v0 += v3;                                                                          \
-		v3 = ROTL(v3, 21);                                                                 \
-		v3 ^= v0;                                                                          \
-		v2 += v1;                                                                          \
-		v1 = ROTL(v1, 17);                                                                 \
-		v1 ^= v2;                                                                          \
-		v2 = ROTL(v2, 32);                                                                 \
+#define SIPROUND                   \
+	do {                       \
+		v0 += v1;          \
+		v1 = ROTL(v1, 13); \
+		v1 ^= v0;          \
+		v0 = ROTL(v0, 32); \
+		v2 += v3;          \
+		v3 = ROTL(v3, 16); \
+		v3 ^= v2;          \
+		v0 += v3;          \
+		v3 = ROTL(v3, 21); \
+		v3 ^= v0;          \
+		v2 += v1;          \
+		v1 = ROTL(v1, 17); \
+		v1 ^= v2;          \
+		v2 = ROTL(v2, 32); \
 	} while (0)
 
 /*
@@ -289,8 +289,7 @@ struct flow_node *flow_table_victim(const struct flow_table *t)
  * the list is in order of last use, so the first fresh flow ends the scan.
  * Return: the node, or NULL
  */
-struct flow_node *flow_table_expired(const struct flow_table *t, uint64_t now_ms,
-				     uint64_t idle_ms)
+struct flow_node *flow_table_expired(const struct flow_table *t, uint64_t now_ms, uint64_t idle_ms)
 {
 	struct flow_node *n = t->ft_oldest;
 

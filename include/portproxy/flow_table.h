@@ -13,11 +13,11 @@
  * be hashed and compared as bytes. IPv4 addresses fill the first 4 bytes.
  */
 struct flow_key {
-	uint16_t fk_family;     /* AF_INET or AF_INET6 */
-	uint16_t fk_port;       /* client port, network order */
-	uint32_t fk_scope;      /* client's IPv6 scope id, else 0 */
-	uint8_t fk_client[16];  /* client address */
-	uint8_t fk_local[16];   /* the address the client sent to */
+	uint16_t fk_family;    /* AF_INET or AF_INET6 */
+	uint16_t fk_port;      /* client port, network order */
+	uint32_t fk_scope;     /* client's IPv6 scope id, else 0 */
+	uint8_t fk_client[16]; /* client address */
+	uint8_t fk_local[16];  /* the address the client sent to */
 };
 
 /*
@@ -27,10 +27,10 @@ struct flow_key {
  */
 struct flow_node {
 	struct flow_key fn_key;
-	struct flow_node *fn_hnext;  /* hash chain */
-	struct flow_node *fn_newer;  /* LRU list, towards the most recent */
-	struct flow_node *fn_older;  /* LRU list, towards the least recent */
-	uint64_t fn_used_ms;         /* last traffic in either direction */
+	struct flow_node *fn_hnext; /* hash chain */
+	struct flow_node *fn_newer; /* LRU list, towards the most recent */
+	struct flow_node *fn_older; /* LRU list, towards the least recent */
+	uint64_t fn_used_ms;	    /* last traffic in either direction */
 	uint64_t fn_hash;
 };
 
@@ -42,12 +42,12 @@ struct flow_node {
  */
 struct flow_table {
 	struct flow_node **ft_buckets;
-	uint64_t ft_mask;           /* buckets - 1, a power of two less one */
+	uint64_t ft_mask; /* buckets - 1, a power of two less one */
 	unsigned ft_count;
-	unsigned ft_cap;            /* most flows at once */
+	unsigned ft_cap; /* most flows at once */
 	struct flow_node *ft_newest;
 	struct flow_node *ft_oldest;
-	uint64_t ft_seed[2];        /* SipHash key */
+	uint64_t ft_seed[2]; /* SipHash key */
 };
 
 int flow_table_init(struct flow_table *t, unsigned cap);
@@ -58,8 +58,7 @@ int flow_table_insert(struct flow_table *t, struct flow_node *n, uint64_t now_ms
 void flow_table_remove(struct flow_table *t, struct flow_node *n);
 void flow_table_touch(struct flow_table *t, struct flow_node *n, uint64_t now_ms);
 struct flow_node *flow_table_victim(const struct flow_table *t);
-struct flow_node *flow_table_expired(const struct flow_table *t, uint64_t now_ms,
-				     uint64_t idle_ms);
+struct flow_node *flow_table_expired(const struct flow_table *t, uint64_t now_ms, uint64_t idle_ms);
 
 /* Flows in the table. */
 static inline unsigned flow_table_count(const struct flow_table *t)
