@@ -180,7 +180,7 @@ static int sdir_send(struct sconn *c, enum side i)
 	struct sdir *d = &c->c_dir[i];
 	union {
 		char buf[CMSG_SPACE(sizeof(struct sctp_sndinfo))];
-		struct cmsghdr align;
+		size_t align; /* a cmsghdr's */
 	} ctl;
 	struct iovec iov = { d->d_buf, d->d_len };
 	struct msghdr mh = { .msg_iov = &iov,
@@ -215,7 +215,7 @@ static ssize_t sdir_recv(struct sconn *c, enum side i)
 	struct sdir *d = &c->c_dir[i];
 	union {
 		char buf[CMSG_SPACE(sizeof(struct sctp_rcvinfo)) + 64];
-		struct cmsghdr align;
+		size_t align; /* a cmsghdr's */
 	} ctl;
 	struct iovec iov = { d->d_buf + d->d_len, d->d_cap - d->d_len };
 	struct msghdr mh = { .msg_iov = &iov,

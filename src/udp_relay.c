@@ -91,7 +91,7 @@ enum side { SIDE_CLIENT, SIDE_BACKEND, SIDES };
 /* Room for a pktinfo and a UDP_SEGMENT control message. */
 union udp_ctl {
 	char buf[SOCK_PKTINFO_SPACE + CMSG_SPACE(sizeof(uint16_t))];
-	struct cmsghdr align;
+	size_t align; /* a cmsghdr's; not the struct itself: it ends in a flexible array */
 };
 
 struct flow {
