@@ -383,8 +383,16 @@ static void proxy_free(struct proxy *p)
 int main(int argc, char **argv)
 {
 	struct proxy p = { .parent_fd = take_parent_fd() };
+	sigset_t stop;
 	char err[256];
 	int ret;
+
+	/* A SIGTERM during start-up (dockerd gives up, or dies) must still end in
+	 * a clean exit 0: hold it until the event loop's handler is in place. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGTERM);
+	sigprocmask(SIG_BLOCK, &stop, NULL);
 
 	ret = cli_parse(argc, argv, &p.cfg, err, sizeof(err));
 	if (ret == CLI_HELP || ret == CLI_VERSION) {
@@ -417,6 +425,7 @@ int main(int argc, char **argv)
 		if (!p.sig[i] || event_add(p.sig[i], NULL) < 0)
 			die(&p, "event loop: cannot handle signals");
 	}
+	sigprocmask(SIG_UNBLOCK, &stop, NULL);
 
 	if (p.cfg.nspecs)
 		bind_specs(&p);
