@@ -444,6 +444,10 @@ int main(int argc, char **argv)
 		stdout_report_start(&p);
 
 	event_base_dispatch(p.base);
+	/* Freeing the signal events restores the default action: a second
+	 * SIGTERM (dockerd's parent-death signal comes once per dying thread)
+	 * would then kill us mid-teardown instead of letting us exit 0. */
+	sigprocmask(SIG_BLOCK, &stop, NULL);
 	proxy_free(&p);
 	return 0;
 }
