@@ -284,30 +284,24 @@ void cli_free(struct config *cfg)
 	cfg->nspecs = 0;
 }
 
-/**
- * cli_parse() - read the command line into @cfg
- * @err: receives one line (no newline) when the return is negative
- *
- * The caller frees @cfg with cli_free(), whatever the return.
- * Return: CLI_RUN, CLI_HELP or CLI_VERSION; -ENOENT for an unknown flag,
- *         -EINVAL for a bad or missing value (the caller prints @err and
- *         exits 2, as Go's flag package does)
- */
-int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errlen)
+/* What the flags say beyond @cfg, for cli_parse() to check as a whole. */
+struct flags {
+	const char *host_ip, *container_ip;
+	long host_port, container_port; /* -1: not given */
+	enum cli_action action;
+	const char *classic;       /* a single-mapping flag that was given */
+	bool publish_all;          /* -P */
+	struct port_spec *exposed; /* -expose, in order */
+	size_t nexpose;
+};
+
+/* Read every flag into @cfg and @f. Return: 0, -ENOENT or -EINVAL (@err set) */
+static int parse_flags(int argc, char **argv, struct config *cfg, struct flags *f, char *err,
+		       size_t errlen)
 {
-	const char *host_ip = "0.0.0.0", *container_ip = NULL;
-	long host_port = -1, container_port = -1;
-	enum cli_action action = CLI_RUN;
-	const char *classic = NULL; /* a single-mapping flag that was given */
-	bool publish_all = false;
-	size_t nexpose = 0;
 	unsigned long long n;
 	int c, idx;
 
-	config_defaults(cfg);
-	cfg->specs = calloc((size_t)argc, sizeof(*cfg->specs));
-	if (!cfg->specs)
-		return fail(err, errlen, "out of memory");
 	optind = 0; /* full reset, so that tests may call us again */
 	opterr = 0;
 	for (;;) {
@@ -337,7 +331,7 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 		case OPT_HOST_PORT:
 		case OPT_CONTAINER_PORT:
 		case OPT_USE_LISTEN_FD:
-			classic = options[idx].name;
+			f->classic = options[idx].name;
 			break;
 		}
 		switch (c) {
@@ -354,10 +348,10 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 					    optarg);
 			break;
 		case OPT_HOST_IP:
-			host_ip = optarg;
+			f->host_ip = optarg;
 			break;
 		case OPT_CONTAINER_IP:
-			container_ip = optarg;
+			f->container_ip = optarg;
 			break;
 		case OPT_HOST_PORT:
 		case OPT_CONTAINER_PORT: {
@@ -367,7 +361,7 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 				return fail(err, errlen,
 					    "invalid value \"%s\" for flag -%s: want a port 0-65535",
 					    optarg, options[idx].name);
-			*(c == OPT_HOST_PORT ? &host_port : &container_port) = port;
+			*(c == OPT_HOST_PORT ? &f->host_port : &f->container_port) = port;
 			break;
 		}
 		case OPT_USE_LISTEN_FD:
@@ -425,65 +419,90 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 			cfg->nspecs++;
 			break;
 		case OPT_EXPOSE:
-			/* Kept at the end of specs: -p ones go before them below. */
-			if (spec_parse_expose(optarg, &cfg->specs[argc - 1 - (int)nexpose], err,
+			if (spec_parse_expose(optarg, &f->exposed[f->nexpose], err,
 					      errlen) < 0)
 				return -EINVAL;
-			nexpose++;
+			f->nexpose++;
 			break;
 		case OPT_PUBLISH_ALL:
 			if (optarg && parse_bool(optarg, &b) < 0)
 				return fail(err, errlen, "invalid boolean value \"%s\" for -P", optarg);
-			publish_all = optarg ? b : true;
+			f->publish_all = optarg ? b : true;
 			break;
 		case OPT_HELP:
 		case OPT_VERSION:
 			if (optarg && (parse_bool(optarg, &b) < 0 || !b))
 				break;
-			if (action == CLI_RUN)
-				action = c == OPT_HELP ? CLI_HELP : CLI_VERSION;
+			if (f->action == CLI_RUN)
+				f->action = c == OPT_HELP ? CLI_HELP : CLI_VERSION;
 			break;
 		}
 	}
-	if (action != CLI_RUN)
-		return action;
+	return 0;
+}
+
+/**
+ * cli_parse() - read the command line into @cfg
+ * @err: receives one line (no newline) when the return is negative
+ *
+ * The caller frees @cfg with cli_free(), whatever the return.
+ * Return: CLI_RUN, CLI_HELP or CLI_VERSION; -ENOENT for an unknown flag,
+ *         -EINVAL for a bad or missing value (the caller prints @err and
+ *         exits 2, as Go's flag package does)
+ */
+int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errlen)
+{
+	struct flags f = { .host_ip = "0.0.0.0", .host_port = -1, .container_port = -1 };
+	int ret;
+
+	config_defaults(cfg);
+	/* Each -p or -expose takes a word of its own, so argc bounds both. */
+	cfg->specs = calloc((size_t)argc, sizeof(*cfg->specs));
+	f.exposed = calloc((size_t)argc, sizeof(*f.exposed));
+	if (!cfg->specs || !f.exposed) {
+		free(f.exposed);
+		return fail(err, errlen, "out of memory");
+	}
+	ret = parse_flags(argc, argv, cfg, &f, err, errlen);
+	/* -P's ports go after the -p ones, which take precedence. */
+	memcpy(&cfg->specs[cfg->nspecs], f.exposed, f.nexpose * sizeof(*f.exposed));
+	cfg->nspecs += f.nexpose;
+	free(f.exposed);
+	if (ret < 0)
+		return ret;
+
+	if (f.action != CLI_RUN)
+		return f.action;
 	if (optind < argc)
 		return fail(err, errlen, "unexpected argument \"%s\": every value needs its flag",
 			    argv[optind]);
-	if (!container_ip)
+	if (!f.container_ip)
 		return fail(err, errlen, "-container-ip is required");
-	if (nexpose && !publish_all)
+	if (f.nexpose && !f.publish_all)
 		return fail(err, errlen, "-expose publishes only with -P");
-	if (publish_all && !nexpose)
+	if (f.publish_all && !f.nexpose)
 		return fail(err, errlen, "-P publishes the -expose ports, and there are none");
-	for (size_t i = 0; i < nexpose; i++)
-		cfg->specs[cfg->nspecs++] = cfg->specs[argc - 1 - (int)i];
-	if (cfg->nspecs) {
-		if (classic)
-			return fail(err, errlen,
-				    "-%s cannot be mixed with -p or -P: give every mapping as -p",
-				    classic);
-		if (addr_parse_ip(container_ip, 0, &cfg->map.backend) < 0)
-			return fail(err, errlen,
-				    "invalid value \"%s\" for flag -container-ip: not an IP address",
-				    container_ip);
-		if (addr_is_any(&cfg->map.backend))
-			return fail(err, errlen, "-container-ip %s is not a destination",
-				    container_ip);
-		return CLI_RUN;
-	}
-	if (container_port < 1)
-		return fail(err, errlen, "-container-port is required and must be 1-65535");
-	if (host_port < 0 && !cfg->use_listen_fd)
-		return fail(err, errlen, "-host-port is required (0 picks a free port)");
-	if (addr_parse_ip(host_ip, (uint16_t)(host_port < 0 ? 0 : host_port), &cfg->map.host) < 0)
-		return fail(err, errlen, "invalid value \"%s\" for flag -host-ip: not an IP address",
-			    host_ip);
-	if (addr_parse_ip(container_ip, (uint16_t)container_port, &cfg->map.backend) < 0)
+	if (addr_parse_ip(f.container_ip, 0, &cfg->map.backend) < 0)
 		return fail(err, errlen,
 			    "invalid value \"%s\" for flag -container-ip: not an IP address",
-			    container_ip);
+			    f.container_ip);
 	if (addr_is_any(&cfg->map.backend))
-		return fail(err, errlen, "-container-ip %s is not a destination", container_ip);
+		return fail(err, errlen, "-container-ip %s is not a destination", f.container_ip);
+	if (cfg->nspecs) {
+		if (f.classic)
+			return fail(err, errlen,
+				    "-%s cannot be mixed with -p or -P: give every mapping as -p",
+				    f.classic);
+		return CLI_RUN;
+	}
+	if (f.container_port < 1)
+		return fail(err, errlen, "-container-port is required and must be 1-65535");
+	addr_set_port(&cfg->map.backend, (uint16_t)f.container_port);
+	if (f.host_port < 0 && !cfg->use_listen_fd)
+		return fail(err, errlen, "-host-port is required (0 picks a free port)");
+	if (addr_parse_ip(f.host_ip, (uint16_t)(f.host_port < 0 ? 0 : f.host_port),
+			  &cfg->map.host) < 0)
+		return fail(err, errlen, "invalid value \"%s\" for flag -host-ip: not an IP address",
+			    f.host_ip);
 	return CLI_RUN;
 }
