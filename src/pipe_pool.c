@@ -76,9 +76,13 @@ int pipe_pool_get(struct pipe_pool *pool, int fds[2])
 		fds[0] = pool->pp_idle[pool->pp_nidle][0];
 		fds[1] = pool->pp_idle[pool->pp_nidle][1];
 	} else {
-		if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+		int p[2]; /* @fds stays as it was on failure, whatever pipe2() does */
+
+		if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
 			return -errno;
-		fcntl(fds[0], F_SETPIPE_SZ, (int)pool->pp_size);
+		fcntl(p[0], F_SETPIPE_SZ, (int)pool->pp_size);
+		fds[0] = p[0];
+		fds[1] = p[1];
 	}
 	pool->pp_in_use++;
 	return 0;
