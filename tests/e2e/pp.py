@@ -41,6 +41,9 @@ import time
 
 SKIP_EXIT = 77
 PORTPROXY = os.environ.get("PORTPROXY", "")
+# Set by scripts/valgrind: the proxy runs under memcheck, slower and with valgrind's own
+# descriptor and rlimit emulation.
+UNDER_VALGRIND = os.environ.get("PORTPROXY_UNDER_VALGRIND") == "1"
 TOOLS = os.environ.get("PORTPROXY_TOOLS", "")
 HANDSHAKE_TIMEOUT = 5.0
 MiB = 1 << 20

@@ -55,6 +55,8 @@ def non_cloexec_fds(pid):
                     if line.startswith("flags:"):
                         if not int(line.split()[1], 8) & 0o2000000:
                             target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+                            if pp.UNDER_VALGRIND and os.path.basename(target).startswith("vg."):
+                                continue  # valgrind's own log file, not the proxy's
                             bad.append("%s -> %s" % (name, target))
                         break
         except OSError:
@@ -304,6 +306,7 @@ class TestHandshake(ProxyTestCase):
         self.assert_echo("127.0.0.1", port, b"second")
         self.assertTrue(p.alive())
 
+    @unittest.skipIf(pp.UNDER_VALGRIND, "valgrind emulates RLIMIT_NOFILE")
     def test_raises_nofile_soft_limit_to_hard(self):
         echo = self.echo_server()
         p = self.start_proxy(
@@ -885,6 +888,7 @@ class TestLimits(ProxyTestCase):
         self.assertLess(len(lines), 100, "warnings not rate-limited: %d lines, e.g. %r"
                         % (len(lines), lines[:3]))
 
+    @unittest.skipIf(pp.UNDER_VALGRIND, "valgrind's accept4 closes fds above its emulated limit")
     def test_emfile_excess_clients_wait_in_backlog(self):
         """DESIGN 4: out of fds, clients wait in the backlog until there is room; none is
         reset. Each of 100 clients sends its number; a client whose echo came back is closed,

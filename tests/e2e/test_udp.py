@@ -402,10 +402,11 @@ class TestFlows(UdpTestCase):
         be = self.backend()
         p = self.start_proxy(be.port, extra=["-udp-timeout", "200ms"])
         base_fds = p.fd_count()
-        self.assertLessEqual(self.wakeups_during(p, 1.0), 1, "wake-ups of a fresh idle proxy")
+        slack = 3 if pp.UNDER_VALGRIND else 1
+        self.assertLessEqual(self.wakeups_during(p, 1.0), slack, "wake-ups of a fresh idle proxy")
         self.assert_echo(self.client("127.0.0.1", p.port), b"x", "one flow")
         self.assertTrue(pp.wait_until(lambda: p.fd_count() == base_fds, 3), "flow not expired")
-        self.assertLessEqual(self.wakeups_during(p, 1.0), 1,
+        self.assertLessEqual(self.wakeups_during(p, 1.0), slack,
                              "wake-ups of an idle proxy whose flows have expired")
 
     @staticmethod
@@ -470,6 +471,13 @@ class TestFlows(UdpTestCase):
         else:
             self.assertLess(rss[-1] - rss0, 16 * 1024, "VmRSS grew by more than 16 MiB")
             self.assertLess(rss[-1] - rss[0], 2 * 1024, "VmRSS kept growing round after round")
+        # The flood may still be draining through a slow proxy (valgrind): wait until the
+        # backend's count stands still for a second, bounded.
+        last, still_since, deadline = -1, time.monotonic(), time.monotonic() + 120
+        while time.monotonic() < deadline and time.monotonic() - still_since < 1.0:
+            if be.count != last:
+                last, still_since = be.count, time.monotonic()
+            time.sleep(0.05)
         fresh = self.client("127.0.0.1", p.port, bind_ip="127.0.0.77")
         self.assert_echo(fresh, b"after the flood", "a fresh client after the flood")
         self.assert_echo(c, b"old client", "the first client (its flow evicted) again")
