@@ -23,6 +23,7 @@
 #include "portproxy/cli.h"
 #include "portproxy/listener.h"
 #include "portproxy/log.h"
+#include "portproxy/loop.h"
 #include "portproxy/pipe_pool.h"
 #include "portproxy/publish.h"
 #include "portproxy/sctp_relay.h"
@@ -133,20 +134,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(p->base);
 }
 
-static struct event_base *make_base(void)
-{
-	struct event_config *ec = event_config_new();
-	struct event_base *base;
-
-	if (!ec)
-		return NULL;
-	event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-	event_config_require_features(ec, EV_FEATURE_ET | EV_FEATURE_O1);
-	base = event_base_new_with_config(ec);
-	event_config_free(ec);
-	return base;
-}
-
 /* Go-style error text for sock_adopt()'s refusals. */
 static const char *adopt_error(int err, char *buf, size_t len)
 {
@@ -227,6 +214,9 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 
 	switch (b->b_proto) {
 	case IPPROTO_TCP:
+		/* Accepted sockets inherit TCP_NODELAY and keepalive from the
+		 * listener: set once here, not twice per connection. */
+		sock_tune_tcp(b->b_fd);
 		sv->sv_tcp = tcp_relay_new(p->base, &b->b_backend, &opts);
 		sv->sv_listener = sv->sv_tcp ? listener_new(p->base, b->b_fd, tcp_relay_accept,
 							    sv->sv_tcp)
@@ -244,10 +234,13 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 		char eb[128];
 
 		sv->sv_udp = udp_relay_new(p->base, b->b_fd, &b->b_backend, &uo);
-		if (!sv->sv_udp)
+		if (!sv->sv_udp) {
+			int err = errno;
+
 			die(p, "listen %s %s: %s", addr_netname(b->b_proto, &b->b_host),
 			    addr_format(&b->b_host, where, sizeof(where)),
-			    errtext(errno, eb, sizeof(eb)));
+			    errtext(err, eb, sizeof(eb)));
+		}
 		b->b_fd = -1; /* the relay owns it now */
 		break;
 	}
@@ -417,7 +410,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN); /* splice() has no MSG_NOSIGNAL */
 	raise_nofile();
 
-	p.base = make_base();
+	p.base = loop_new();
 	if (!p.base)
 		die(&p, "event loop: no edge-triggered O(1) backend (epoll) available");
 	for (int i = 0; i < 2; i++) {

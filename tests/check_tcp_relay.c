@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "portproxy/loop.h"
 #include "portproxy/pipe_pool.h"
 #include "portproxy/tcp_relay.h"
 
@@ -47,7 +48,7 @@ static void make_relay(size_t pipe_size, unsigned max_pipes)
 	int a[2], b[2];
 
 	signal(SIGPIPE, SIG_IGN); /* as main() does: splice() has no MSG_NOSIGNAL */
-	base = event_base_new();
+	base = loop_new();
 	ck_assert_ptr_nonnull(base);
 	pool = pipe_pool_new(pipe_size, max_pipes);
 	o.pipes = pool;
