@@ -198,7 +198,8 @@ int cli_parse_duration(const char *s, uint64_t *ms)
 	}
 	if (total > 1e15)
 		return -EINVAL;
-	*ms = (uint64_t)(total + 0.5);
+	/* Round to the nearest millisecond, but never a non-zero duration to 0. */
+	*ms = total > 0 && total < 1 ? 1 : (uint64_t)(total + 0.5);
 	return 0;
 }
 

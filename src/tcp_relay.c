@@ -47,6 +47,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -74,7 +75,8 @@ struct dir {
 
 struct conn {
 	struct tcp_relay *c_relay;
-	struct conn *c_prev, *c_next;
+	LIST_ENTRY(conn) c_link;          /* in r_conns */
+	TAILQ_ENTRY(conn) c_wait_link;    /* in r_waiting, while c_waiting */
 	unsigned long long c_id;
 	int c_fd[SIDES];
 	struct event *c_ev[SIDES];
@@ -89,7 +91,8 @@ struct tcp_relay {
 	struct event_base *r_base;
 	struct addr r_backend;
 	struct tcp_relay_opts r_opts;
-	struct conn *r_conns;
+	LIST_HEAD(, conn) r_conns;
+	TAILQ_HEAD(, conn) r_waiting; /* no descriptor for the backend yet, oldest first */
 	unsigned long long r_next_id;
 	struct tcp_relay_stats r_stats;
 	struct event *r_retry; /* retries connects that ran out of descriptors */
@@ -137,19 +140,16 @@ static void conn_close(struct conn *c, bool reset, const char *reason, int err)
 			pipe_pool_put(r->r_opts.pipes, d->d_pipe, d->d_pending);
 		free(d->d_buf);
 	}
-	if (c->c_waiting)
+	if (c->c_waiting) {
+		TAILQ_REMOVE(&r->r_waiting, c, c_wait_link);
 		r->r_nwaiting--;
+	}
 	if (reset)
 		r->r_stats.aborted++;
 	else
 		r->r_stats.closed++;
 	r->r_stats.active--;
-	if (c->c_prev)
-		c->c_prev->c_next = c->c_next;
-	else
-		r->r_conns = c->c_next;
-	if (c->c_next)
-		c->c_next->c_prev = c->c_prev;
+	LIST_REMOVE(c, c_link);
 	free(c);
 }
 
@@ -305,7 +305,9 @@ static void conn_connected(struct conn *c, short what)
 		conn_close(c, true, "connect to backend timed out", -ETIMEDOUT);
 		return;
 	}
-	err = sock_error(c->c_fd[SIDE_BACKEND]);
+	/* A failed connect raises EPOLLERR, which libevent reports as EV_READ
+	 * too; writable alone means connected, and saves a getsockopt(). */
+	err = what & EV_READ ? sock_error(c->c_fd[SIDE_BACKEND]) : 0;
 	if (err < 0) {
 		char be[ADDR_STRLEN];
 
@@ -360,10 +362,7 @@ static struct conn *conn_new(struct tcp_relay *r, int client_fd, const struct ad
 		c->c_dir[i].d_pipe[0] = c->c_dir[i].d_pipe[1] = -1;
 	if (peer)
 		c->c_peer = *peer;
-	c->c_next = r->r_conns;
-	if (r->r_conns)
-		r->r_conns->c_prev = c;
-	r->r_conns = c;
+	LIST_INSERT_HEAD(&r->r_conns, c, c_link);
 	r->r_stats.accepted++;
 	r->r_stats.active++;
 	return c;
@@ -381,56 +380,65 @@ static int conn_arm_backend(struct conn *c, uint64_t timeout_ms)
 	return event_add(c->c_ev[SIDE_BACKEND], timeout_ms ? &tv : NULL) < 0 ? -ENOMEM : 0;
 }
 
+/* Queue @c, whose backend socket could not be made, behind the others waiting. */
+static void conn_wait(struct conn *c)
+{
+	struct tcp_relay *r = c->c_relay;
+
+	c->c_waiting = true;
+	TAILQ_INSERT_TAIL(&r->r_waiting, c, c_wait_link);
+	r->r_nwaiting++;
+	if (!evtimer_pending(r->r_retry, NULL))
+		evtimer_add(r->r_retry, &retry_delay);
+}
+
 /*
  * Start the backend connect of @c. Out of descriptors, @c waits (the client
  * sees a slow connect, as from a full backlog, not a reset) and the retry
  * timer tries again. May free @c.
+ *
+ * Return: true when @c waits for a descriptor (and still exists)
  */
-static void conn_connect(struct conn *c)
+static bool conn_connect(struct conn *c)
 {
 	struct tcp_relay *r = c->c_relay;
 	int ret = sock_connect(SOCK_STREAM, 0, &r->r_backend, &c->c_fd[SIDE_BACKEND]);
 
 	if (ret == -EMFILE || ret == -ENFILE || ret == -ENOBUFS || ret == -ENOMEM) {
-		if (!c->c_waiting) {
-			c->c_waiting = true;
-			r->r_nwaiting++;
-		}
-		if (!evtimer_pending(r->r_retry, NULL))
+		if (!c->c_waiting)
+			conn_wait(c);
+		else if (!evtimer_pending(r->r_retry, NULL))
 			evtimer_add(r->r_retry, &retry_delay);
 		log_limited(&r->r_nofd_warn, 10, LOG_LVL_WARN,
 			    "tcp: no socket for the backend: %s; clients wait", strerror(-ret));
-		return;
+		return true;
 	}
 	if (c->c_waiting) {
+		TAILQ_REMOVE(&r->r_waiting, c, c_wait_link);
 		c->c_waiting = false;
 		r->r_nwaiting--;
 	}
 	if (ret < 0 && ret != -EINPROGRESS) {
 		r->r_stats.refused++;
 		conn_close(c, true, "connect to backend failed", ret);
-		return;
+		return false;
 	}
 	if ((ret = conn_arm_backend(c, r->r_opts.connect_timeout_ms)) < 0)
 		conn_close(c, true, "out of memory", ret);
+	return false;
 }
 
 /* The retry timer: connect the clients that waited for a descriptor. */
 static void relay_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct tcp_relay *r = arg;
-	struct conn *c, *next;
+	struct conn *c;
 
 	(void)fd;
 	(void)what;
-	for (c = r->r_conns; c && r->r_nwaiting; c = next) {
-		next = c->c_next;
-		if (!c->c_waiting)
-			continue;
-		conn_connect(c);
-		if (evtimer_pending(r->r_retry, NULL))
-			return; /* still out: the rest wait for the next round */
-	}
+	while ((c = TAILQ_FIRST(&r->r_waiting)))
+		if (conn_connect(c))
+			return; /* still out: it and the rest wait for the next round */
 }
 
 /**
@@ -446,16 +454,14 @@ void tcp_relay_accept(int fd, const struct addr *peer, void *relay)
 	struct tcp_relay *r = relay;
 	struct conn *c;
 
-	sock_tune_tcp(fd);
+	/* No sock_tune_tcp(fd): accepted sockets inherit it from the listener. */
 	c = conn_new(r, fd, peer);
 	if (!c) {
 		sock_reset_close(fd);
 		return;
 	}
 	if (r->r_nwaiting) {
-		/* Others already wait for a descriptor: queue behind them. */
-		c->c_waiting = true;
-		r->r_nwaiting++;
+		conn_wait(c); /* others already wait for a descriptor: queue behind them */
 		return;
 	}
 	conn_connect(c);
@@ -502,6 +508,8 @@ struct tcp_relay *tcp_relay_new(struct event_base *base, const struct addr *back
 	r->r_base = base;
 	r->r_backend = *backend;
 	r->r_opts = *opts;
+	LIST_INIT(&r->r_conns);
+	TAILQ_INIT(&r->r_waiting);
 	r->r_retry = evtimer_new(base, relay_retry, r);
 	if (!r->r_retry) {
 		free(r);
@@ -519,8 +527,14 @@ void tcp_relay_free(struct tcp_relay *r)
 {
 	if (!r)
 		return;
-	while (r->r_conns)
-		conn_close(r->r_conns, false, "shutting down", 0);
+	/* A connection with bytes in flight ends with a reset: a FIN would make
+	 * a cut-off stream look complete. An idle one closes cleanly. */
+	while (!LIST_EMPTY(&r->r_conns)) {
+		struct conn *c = LIST_FIRST(&r->r_conns);
+		bool in_flight = c->c_dir[SIDE_CLIENT].d_pending || c->c_dir[SIDE_BACKEND].d_pending;
+
+		conn_close(c, in_flight, "shutting down", 0);
+	}
 	event_free(r->r_retry);
 	free(r);
 }

@@ -736,6 +736,99 @@ class TestListen(ProxyTestCase):
 
 
 # ------------------------------------------------------------------------------------------------
+class TestFairness(ProxyTestCase):
+    """The pump's fairness budget, with 4 KiB pipes so that it is used up at once: a connection
+    that used it re-arms itself (an edge-triggered event would not fire again for data already
+    waiting), and busy connections never keep the loop from signals."""
+
+    def small_pipe_proxy(self, backend_port):
+        port = pp.free_port()
+        p = pp.spawn(pp.proxy_args(port, "127.0.0.1", backend_port) + ["-pipe-size", "4K"])
+        self.addCleanup(p.cleanup)
+        self.assertEqual(p.status, "0", p.describe())
+        p.port = port
+        return p
+
+    def test_burst_then_silence_arrives_whole(self):
+        burst = os.urandom(MiB)
+
+        def handler(conn, addr, srv):
+            conn.sendall(burst)
+            conn.settimeout(10)
+            try:
+                conn.recv(1)  # then silent, and open until the client goes
+            except OSError:
+                pass
+
+        p = self.small_pipe_proxy(self.server(handler).port)
+        c = self.client("127.0.0.1", p.port)
+        t0 = time.monotonic()
+        try:
+            got = pp.recv_exact(c, len(burst), timeout=3)
+        except (TimeoutError, EOFError) as e:
+            self.fail("a 1 MiB burst followed by silence stalled: %s" % e)
+        note("1 MiB burst through 4 KiB pipes in %.1f ms", (time.monotonic() - t0) * 1000)
+        self.assertTrue(got == burst, "burst bytes differ")
+
+    def test_sigterm_while_busy_connections_use_their_budget(self):
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        chunk = os.urandom(256 * 1024)
+
+        def handler(conn, addr, srv):
+            deadline = time.monotonic() + 20
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    conn.sendall(chunk)
+            except OSError:
+                pass
+
+        def drain(c):
+            c.settimeout(20)
+            try:
+                while c.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+        p = self.small_pipe_proxy(self.server(handler).port)
+        readers = []
+        for _ in range(3):
+            c = self.client("127.0.0.1", p.port)
+            t = threading.Thread(target=drain, args=(c,), daemon=True)
+            t.start()
+            readers.append(t)
+        time.sleep(0.5)  # let the three transfers run at full speed: this is the load, not a sync
+        rc = p.stop(signal.SIGTERM, timeout=5)
+        note("SIGTERM with 3 busy 4 KiB-pipe connections: exit %s after %.1f ms", rc,
+             (p.stop_seconds or 0) * 1000)
+        stop.set()
+        self.assertEqual(rc, 0)
+        self.assertLess(p.stop_seconds, 1.0, "busy connections delayed SIGTERM")
+
+    def test_sigterm_mid_transfer_resets_instead_of_eof(self):
+        """A stream cut off by the proxy's exit must not look complete to the client."""
+        total = 64 * MiB
+
+        def handler(conn, addr, srv):
+            conn.settimeout(20)
+            try:
+                for piece in pp.random_stream(total, MiB):
+                    conn.sendall(piece)
+            except OSError:
+                pass
+
+        echo = self.server(handler)
+        p = self.start_proxy(echo.port)
+        c = self.client("127.0.0.1", p.port, rcvbuf=64 * 1024)
+        c.recv(1)  # the transfer runs; then we stop reading and the proxy's pipe fills
+        time.sleep(0.3)  # not a sync: time for the buffers to fill up
+        self.assertEqual(p.stop(signal.SIGTERM, timeout=5), 0)
+        got, _ = self.expect_reset(c, 10, "client of a proxy stopped mid-transfer")
+        self.assertLess(len(got), total)
+
+
+# ------------------------------------------------------------------------------------------------
 class TestSignals(ProxyTestCase):
     """Cases 10-11: prompt clean exit on SIGINT/SIGTERM, and rebinding right after."""
 
