@@ -25,7 +25,9 @@
  *	Opens COUNT connections, echoes SIZE bytes on each, prints
  *	"ready OK ERRORS", then holds them until standard input closes.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
