@@ -107,7 +107,7 @@ void cli_usage(FILE *out)
 
 /* Set @err and return -EINVAL, for one-line errors. */
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-						       ...)
+						      ...)
 {
 	va_list ap;
 
@@ -345,7 +345,8 @@ static int parse_flags(int argc, char **argv, struct config *cfg, struct flags *
 				cfg->map.proto = IPPROTO_SCTP;
 			else
 				return fail(err, errlen,
-					    "invalid value \"%s\" for flag -proto: want tcp, udp or sctp",
+					    "invalid value \"%s\" for flag -proto: want tcp, udp "
+					    "or sctp",
 					    optarg);
 			break;
 		case OPT_HOST_IP:
@@ -359,16 +360,18 @@ static int parse_flags(int argc, char **argv, struct config *cfg, struct flags *
 			uint16_t port;
 
 			if (addr_parse_port(optarg, &port) < 0)
-				return fail(err, errlen,
-					    "invalid value \"%s\" for flag -%s: want a port 0-65535",
-					    optarg, options[idx].name);
+				return fail(
+					err, errlen,
+					"invalid value \"%s\" for flag -%s: want a port 0-65535",
+					optarg, options[idx].name);
 			*(c == OPT_HOST_PORT ? &f->host_port : &f->container_port) = port;
 			break;
 		}
 		case OPT_USE_LISTEN_FD:
 			if (optarg && parse_bool(optarg, &b) < 0)
 				return fail(err, errlen,
-					    "invalid boolean value \"%s\" for -use-listen-fd", optarg);
+					    "invalid boolean value \"%s\" for -use-listen-fd",
+					    optarg);
 			cfg->use_listen_fd = optarg ? b : true;
 			break;
 		case OPT_LOG_LEVEL:
@@ -388,9 +391,10 @@ static int parse_flags(int argc, char **argv, struct config *cfg, struct flags *
 		case OPT_PIPE_SIZE:
 			if (cli_parse_size(optarg, &cfg->pipe_size) < 0 || cfg->pipe_size < 4096 ||
 			    cfg->pipe_size > (1u << 30))
-				return fail(err, errlen,
-					    "invalid value \"%s\" for flag -pipe-size: want 4K to 1G",
-					    optarg);
+				return fail(
+					err, errlen,
+					"invalid value \"%s\" for flag -pipe-size: want 4K to 1G",
+					optarg);
 			break;
 		case OPT_MAX_PIPES:
 		case OPT_UDP_MAX_FLOWS:
@@ -420,14 +424,14 @@ static int parse_flags(int argc, char **argv, struct config *cfg, struct flags *
 			cfg->nspecs++;
 			break;
 		case OPT_EXPOSE:
-			if (spec_parse_expose(optarg, &f->exposed[f->nexpose], err,
-					      errlen) < 0)
+			if (spec_parse_expose(optarg, &f->exposed[f->nexpose], err, errlen) < 0)
 				return -EINVAL;
 			f->nexpose++;
 			break;
 		case OPT_PUBLISH_ALL:
 			if (optarg && parse_bool(optarg, &b) < 0)
-				return fail(err, errlen, "invalid boolean value \"%s\" for -P", optarg);
+				return fail(err, errlen, "invalid boolean value \"%s\" for -P",
+					    optarg);
 			f->publish_all = optarg ? b : true;
 			break;
 		case OPT_HELP:
@@ -503,7 +507,7 @@ int cli_parse(int argc, char **argv, struct config *cfg, char *err, size_t errle
 		return fail(err, errlen, "-host-port is required (0 picks a free port)");
 	if (addr_parse_ip(f.host_ip, (uint16_t)(f.host_port < 0 ? 0 : f.host_port),
 			  &cfg->map.host) < 0)
-		return fail(err, errlen, "invalid value \"%s\" for flag -host-ip: not an IP address",
-			    f.host_ip);
+		return fail(err, errlen,
+			    "invalid value \"%s\" for flag -host-ip: not an IP address", f.host_ip);
 	return CLI_RUN;
 }

@@ -101,7 +101,7 @@ static const char *errtext(int err, char *buf, size_t len)
 
 /* Start-up failed: tell the parent and stderr, then exit 1. */
 __attribute__((noreturn, format(printf, 2, 3))) static void die(struct proxy *p, const char *fmt,
-								 ...)
+								...)
 {
 	char msg[512];
 	va_list ap;
@@ -218,9 +218,9 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 		 * listener: set once here, not twice per connection. */
 		sock_tune_tcp(b->b_fd);
 		sv->sv_tcp = tcp_relay_new(p->base, &b->b_backend, &opts);
-		sv->sv_listener = sv->sv_tcp ? listener_new(p->base, b->b_fd, tcp_relay_accept,
-							    sv->sv_tcp)
-					     : NULL;
+		sv->sv_listener =
+			sv->sv_tcp ? listener_new(p->base, b->b_fd, tcp_relay_accept, sv->sv_tcp)
+				   : NULL;
 		if (!sv->sv_listener)
 			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
 			    addr_format(&b->b_host, where, sizeof(where)));
@@ -247,9 +247,9 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 	case IPPROTO_SCTP:
 		sctp_relay_tune(b->b_fd); /* the streams its associations offer */
 		sv->sv_sctp = sctp_relay_new(p->base, &b->b_backend);
-		sv->sv_listener = sv->sv_sctp ? listener_new(p->base, b->b_fd, sctp_relay_accept,
-							     sv->sv_sctp)
-					      : NULL;
+		sv->sv_listener =
+			sv->sv_sctp ? listener_new(p->base, b->b_fd, sctp_relay_accept, sv->sv_sctp)
+				    : NULL;
 		if (!sv->sv_listener)
 			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
 			    addr_format(&b->b_host, where, sizeof(where)));

@@ -146,7 +146,7 @@ static bool busy(int err)
 }
 
 __attribute__((format(printf, 4, 5))) static void fail(const char *spec, char *err, size_t errlen,
-							const char *fmt, ...)
+						       const char *fmt, ...)
 {
 	char why[200];
 	va_list ap;
@@ -181,7 +181,7 @@ static void describe(char *buf, size_t len, const struct port_spec *ps)
 }
 
 static void bind_error(const char *spec, int ret, const char *op, const struct addr *where,
-		      int proto, char *err, size_t errlen)
+		       int proto, char *err, size_t errlen)
 {
 	char host[ADDR_STRLEN], why[96];
 
@@ -189,7 +189,7 @@ static void bind_error(const char *spec, int ret, const char *op, const struct a
 	if (why[0] >= 'A' && why[0] <= 'Z')
 		why[0] = (char)(why[0] - 'A' + 'a');
 	fail(spec, err, errlen, "listen %s %s: %s: %s", addr_netname(proto, where),
-		    addr_format(where, host, sizeof(host)), op, why);
+	     addr_format(where, host, sizeof(host)), op, why);
 }
 
 /* Is host port range of @ps mapped port by port onto its container range? */
@@ -204,8 +204,8 @@ static bool one_to_one(const struct port_spec *ps)
  * range, or of @rr starting at *@next (random ports). Return: 0 or -errno
  */
 static int bind_first_free(struct binding_set *set, const struct port_spec *ps,
-			   const struct addr *backend, const struct port_range *rr,
-			   unsigned *next, const char **op, struct addr *where)
+			   const struct addr *backend, const struct port_range *rr, unsigned *next,
+			   const char **op, struct addr *where)
 {
 	unsigned first = ps->ps_host_first ? ps->ps_host_first : rr->pr_first;
 	unsigned last = ps->ps_host_first ? ps->ps_host_last : rr->pr_last;

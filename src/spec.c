@@ -21,7 +21,7 @@
 #include <strings.h>
 
 __attribute__((format(printf, 4, 5))) static int bad(const char *spec, char *err, size_t errlen,
-						      const char *fmt, ...)
+						     const char *fmt, ...)
 {
 	char why[160];
 	va_list ap;
@@ -142,8 +142,10 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 		ipbuf[iplen] = '\0';
 		if (addr_parse_ip(ipbuf, 0, &out->ps_ip) < 0 ||
 		    (s[0] != '[' && addr_family(&out->ps_ip) == AF_INET6))
-			return bad(s, err, errlen, "the host IP \"%s\" is not an IP address%s", ipbuf,
-				   s[0] != '[' && strchr(ipbuf, ':') ? " (IPv6 goes in brackets)" : "");
+			return bad(s, err, errlen, "the host IP \"%s\" is not an IP address%s",
+				   ipbuf,
+				   s[0] != '[' && strchr(ipbuf, ':') ? " (IPv6 goes in brackets)"
+								     : "");
 		out->ps_has_ip = true;
 	}
 
@@ -154,7 +156,8 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 
 		if (hlen == 0 && !has_ip)
 			return bad(s, err, errlen,
-				   "the host port is empty (write containerPort alone for a random one)");
+				   "the host port is empty (write containerPort alone for a random "
+				   "one)");
 		if (hlen && check_ports(s, "host", ports, hlen, &out->ps_host_first,
 					&out->ps_host_last, err, errlen) < 0)
 			return -EINVAL;
@@ -187,7 +190,8 @@ int spec_parse_expose(const char *s, struct port_spec *out, char *err, size_t er
 		return bad(s, err, errlen, "the protocol must be tcp, udp or sctp");
 	if (parse_range(s, len, &out->ps_cont_first, &out->ps_cont_last) < 0) {
 		snprintf(err, errlen,
-			 "invalid expose spec \"%s\": want port or first-last, with /tcp, /udp or /sctp",
+			 "invalid expose spec \"%s\": want port or first-last, with /tcp, /udp or "
+			 "/sctp",
 			 s);
 		return -EINVAL;
 	}

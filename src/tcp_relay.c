@@ -75,8 +75,8 @@ struct dir {
 
 struct conn {
 	struct tcp_relay *c_relay;
-	LIST_ENTRY(conn) c_link;          /* in r_conns */
-	TAILQ_ENTRY(conn) c_wait_link;    /* in r_waiting, while c_waiting */
+	LIST_ENTRY(conn) c_link;       /* in r_conns */
+	TAILQ_ENTRY(conn) c_wait_link; /* in r_waiting, while c_waiting */
 	unsigned long long c_id;
 	int c_fd[SIDES];
 	struct event *c_ev[SIDES];
@@ -277,8 +277,9 @@ static void conn_pump(struct conn *c)
 		int ret = dir_pump(c, (enum side)i);
 
 		if (ret < 0) {
-			conn_close(c, true, i == SIDE_CLIENT ? "aborted relaying client->backend"
-							     : "aborted relaying backend->client",
+			conn_close(c, true,
+				   i == SIDE_CLIENT ? "aborted relaying client->backend"
+						    : "aborted relaying backend->client",
 				   ret);
 			return;
 		}
@@ -371,7 +372,8 @@ static struct conn *conn_new(struct tcp_relay *r, int client_fd, const struct ad
 /* Arm the backend's event; with @timeout_ms, also a connect timeout. */
 static int conn_arm_backend(struct conn *c, uint64_t timeout_ms)
 {
-	struct timeval tv = { (time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000 };
+	struct timeval tv = { (time_t)(timeout_ms / 1000),
+			      (suseconds_t)(timeout_ms % 1000) * 1000 };
 
 	c->c_ev[SIDE_BACKEND] = event_new(c->c_relay->r_base, c->c_fd[SIDE_BACKEND],
 					  EV_READ | EV_WRITE | EV_PERSIST | EV_ET, conn_event, c);
@@ -531,7 +533,8 @@ void tcp_relay_free(struct tcp_relay *r)
 	 * a cut-off stream look complete. An idle one closes cleanly. */
 	while (!LIST_EMPTY(&r->r_conns)) {
 		struct conn *c = LIST_FIRST(&r->r_conns);
-		bool in_flight = c->c_dir[SIDE_CLIENT].d_pending || c->c_dir[SIDE_BACKEND].d_pending;
+		bool in_flight =
+			c->c_dir[SIDE_CLIENT].d_pending || c->c_dir[SIDE_BACKEND].d_pending;
 
 		conn_close(c, in_flight, "shutting down", 0);
 	}

@@ -29,23 +29,23 @@ void log_limited(struct log_ratelimit *rl, int interval_s, enum log_level level,
 		 ...) __attribute__((format(printf, 4, 5)));
 
 /* The level check is inline so that disabled debug/trace lines cost one compare. */
-#define log_on(lvl) ((lvl) <= log_threshold)
+#define log_on(lvl)    ((lvl) <= log_threshold)
 #define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
-#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
-#define log_info(...)                                                                              \
-	do {                                                                                       \
-		if (log_on(LOG_LVL_INFO))                                                          \
-			log_msg(LOG_LVL_INFO, __VA_ARGS__);                                        \
+#define log_warn(...)  log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...)                                       \
+	do {                                                \
+		if (log_on(LOG_LVL_INFO))                   \
+			log_msg(LOG_LVL_INFO, __VA_ARGS__); \
 	} while (0)
-#define log_debug(...)                                                                             \
-	do {                                                                                       \
-		if (log_on(LOG_LVL_DEBUG))                                                         \
-			log_msg(LOG_LVL_DEBUG, __VA_ARGS__);                                       \
+#define log_debug(...)                                       \
+	do {                                                 \
+		if (log_on(LOG_LVL_DEBUG))                   \
+			log_msg(LOG_LVL_DEBUG, __VA_ARGS__); \
 	} while (0)
-#define log_trace(...)                                                                             \
-	do {                                                                                       \
-		if (log_on(LOG_LVL_TRACE))                                                         \
-			log_msg(LOG_LVL_TRACE, __VA_ARGS__);                                       \
+#define log_trace(...)                                       \
+	do {                                                 \
+		if (log_on(LOG_LVL_TRACE))                   \
+			log_msg(LOG_LVL_TRACE, __VA_ARGS__); \
 	} while (0)
 
 #endif

@@ -14,9 +14,9 @@
  *   -expose port[-port][/proto]                with -P: random host ports
  */
 struct port_spec {
-	int ps_proto;          /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP */
-	bool ps_has_ip;        /* else both 0.0.0.0 and :: */
-	struct addr ps_ip;     /* port unused */
+	int ps_proto;           /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP */
+	bool ps_has_ip;         /* else both 0.0.0.0 and :: */
+	struct addr ps_ip;      /* port unused */
 	uint16_t ps_host_first; /* 0 (and ps_host_last 0): a random free port */
 	uint16_t ps_host_last;
 	uint16_t ps_cont_first;
