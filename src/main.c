@@ -300,14 +300,27 @@ static bool stdout_report_write(struct stdout_report *sr)
 	return true;
 }
 
+/*
+ * Done with the report: close stdout (onto /dev/null), so that a script
+ * reading it (`portproxy -p ... | while read line`) sees its end.
+ */
 static void stdout_report_free(struct stdout_report *sr)
 {
+	int null;
+
+	if (!sr->sr_buf)
+		return;
 	if (sr->sr_ev)
 		event_free(sr->sr_ev);
 	if (sr->sr_fd > STDOUT_FILENO)
 		close(sr->sr_fd);
 	free(sr->sr_buf);
 	memset(sr, 0, sizeof(*sr));
+	null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, STDOUT_FILENO);
+		close(null);
+	}
 }
 
 static void stdout_report_ready(evutil_socket_t fd, short what, void *arg)

@@ -13,6 +13,7 @@
  */
 #include "portproxy/publish.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -216,7 +217,8 @@ static int bind_first_free(struct binding_set *set, const struct port_spec *ps,
 		int ret = bind_all(set, ps, (uint16_t)(first + slot), backend, op, where);
 
 		if (ret == 0) {
-			*next = slot + 1;
+			if (!ps->ps_host_first)
+				*next = slot + 1; /* random ports go on from here */
 			return 0;
 		}
 		if (!busy(ret))
@@ -289,30 +291,86 @@ int publish_bind(const struct port_spec *specs, size_t n, const struct addr *con
 	return 0;
 }
 
-static int binding_cmp(const void *pa, const void *pb)
+/* "80/tcp -> 0.0.0.0:32768": a binding as `docker port` prints it. */
+static void binding_line(const struct binding *b, char *buf, size_t len)
 {
-	const struct binding *a = pa, *b = pb;
-	int fa = addr_family(&a->b_host), fb = addr_family(&b->b_host);
+	char host[ADDR_STRLEN];
 
-	if (addr_port(&a->b_backend) != addr_port(&b->b_backend))
-		return addr_port(&a->b_backend) < addr_port(&b->b_backend) ? -1 : 1;
-	if (a->b_proto != b->b_proto)
-		return a->b_proto < b->b_proto ? -1 : 1; /* tcp (6) before udp (17) */
-	if (fa != fb)
-		return fa == AF_INET ? -1 : 1;
-	if (addr_port(&a->b_host) != addr_port(&b->b_host))
-		return addr_port(&a->b_host) < addr_port(&b->b_host) ? -1 : 1;
-	return 0;
+	snprintf(buf, len, "%u/%s -> %s", addr_port(&b->b_backend), addr_proto_name(b->b_proto),
+		 addr_format(&b->b_host, host, sizeof(host)));
+}
+
+/*
+ * The "natural" order `docker port` sorts its lines in: text compares byte by
+ * byte, but a run of digits compares as a number and sorts before any other
+ * character; of equal numbers the one with fewer leading zeros goes first.
+ */
+static int natural_cmp(const char *a, const char *b)
+{
+	while (*a && *b) {
+		bool da = isdigit((unsigned char)*a), db = isdigit((unsigned char)*b);
+		const char *za, *zb;
+		size_t la, lb;
+		int c;
+
+		if (da != db)
+			return da ? -1 : 1;
+		if (!da) {
+			if (*a != *b)
+				return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+			a++;
+			b++;
+			continue;
+		}
+		for (za = a; *za == '0'; za++)
+			;
+		for (zb = b; *zb == '0'; zb++)
+			;
+		for (la = 0; isdigit((unsigned char)za[la]); la++)
+			;
+		for (lb = 0; isdigit((unsigned char)zb[lb]); lb++)
+			;
+		if (la != lb)
+			return la < lb ? -1 : 1;
+		if ((c = memcmp(za, zb, la)))
+			return c < 0 ? -1 : 1;
+		if (za - a != zb - b)
+			return za - a < zb - b ? -1 : 1;
+		a = za + la;
+		b = zb + lb;
+	}
+	return *a ? 1 : *b ? -1 : 0;
+}
+
+struct sort_entry {
+	char se_line[ADDR_STRLEN + 16];
+	struct binding se_b;
+};
+
+static int sort_entry_cmp(const void *pa, const void *pb)
+{
+	return natural_cmp(((const struct sort_entry *)pa)->se_line,
+			   ((const struct sort_entry *)pb)->se_line);
 }
 
 /**
- * publish_sort() - order @set as `docker port` prints: by container port,
- * then protocol, then IPv4 before IPv6
+ * publish_sort() - order @set as `docker port` prints it: its lines in
+ * natural order
  */
 void publish_sort(struct binding_set *set)
 {
-	if (set->bs_n > 1)
-		qsort(set->bs_v, set->bs_n, sizeof(*set->bs_v), binding_cmp);
+	struct sort_entry *v;
+
+	if (set->bs_n < 2 || !(v = calloc(set->bs_n, sizeof(*v))))
+		return;
+	for (size_t i = 0; i < set->bs_n; i++) {
+		v[i].se_b = set->bs_v[i];
+		binding_line(&v[i].se_b, v[i].se_line, sizeof(v[i].se_line));
+	}
+	qsort(v, set->bs_n, sizeof(*v), sort_entry_cmp);
+	for (size_t i = 0; i < set->bs_n; i++)
+		set->bs_v[i] = v[i].se_b;
+	free(v);
 }
 
 /**
@@ -322,11 +380,10 @@ void publish_sort(struct binding_set *set)
 void publish_report(const struct binding_set *set, FILE *out)
 {
 	for (size_t i = 0; i < set->bs_n; i++) {
-		const struct binding *b = &set->bs_v[i];
-		char host[ADDR_STRLEN];
+		char line[ADDR_STRLEN + 16];
 
-		fprintf(out, "%u/%s -> %s\n", addr_port(&b->b_backend), addr_proto_name(b->b_proto),
-			addr_format(&b->b_host, host, sizeof(host)));
+		binding_line(&set->bs_v[i], line, sizeof(line));
+		fprintf(out, "%s\n", line);
 	}
 	fflush(out);
 }

@@ -13,6 +13,7 @@
  */
 #include "portproxy/spec.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -147,6 +148,15 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 				   s[0] != '[' && strchr(ipbuf, ':') ? " (IPv6 goes in brackets)"
 								     : "");
 		out->ps_has_ip = true;
+		if (addr_family(&out->ps_ip) == AF_INET6 &&
+		    IN6_IS_ADDR_V4MAPPED(&out->ps_ip.u.sin6.sin6_addr)) {
+			/* [::ffff:a.b.c.d] is an IPv4 address, as Go parses it; an
+			 * IPv6-only socket could not bind it. */
+			char v4[INET_ADDRSTRLEN];
+
+			inet_ntop(AF_INET, &out->ps_ip.u.sin6.sin6_addr.s6_addr[12], v4, sizeof(v4));
+			addr_parse_ip(v4, 0, &out->ps_ip);
+		}
 	}
 
 	len -= (size_t)(ports - s);
@@ -158,8 +168,10 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 			return bad(s, err, errlen,
 				   "the host port is empty (write containerPort alone for a random "
 				   "one)");
-		if (hlen && check_ports(s, "host", ports, hlen, &out->ps_host_first,
-					&out->ps_host_last, err, errlen) < 0)
+		/* Host port 0, as Docker reads it, is a random one. */
+		if (hlen && !(hlen == 1 && ports[0] == '0') &&
+		    check_ports(s, "host", ports, hlen, &out->ps_host_first, &out->ps_host_last, err,
+				errlen) < 0)
 			return -EINVAL;
 		len -= hlen + 1;
 		ports = colon + 1;

@@ -206,28 +206,69 @@ END_TEST
 
 START_TEST(report_order)
 {
-	struct binding b = { .b_proto = IPPROTO_UDP, .b_fd = -1 };
-	char out[256];
+	static const struct {
+		int proto;
+		const char *host, *backend;
+		unsigned hport, bport;
+	} in[] = {
+		{ IPPROTO_UDP, "::", "10.0.0.2", 32768, 80 },
+		{ IPPROTO_TCP, "::", "10.0.0.2", 32768, 80 },
+		{ IPPROTO_TCP, "127.0.0.3", "10.0.0.2", 5, 80 },
+		{ IPPROTO_TCP, "0.0.0.0", "10.0.0.2", 32768, 80 },
+		{ IPPROTO_SCTP, "0.0.0.0", "10.0.0.2", 1, 80 },
+		{ IPPROTO_TCP, "127.0.0.1", "10.0.0.2", 5, 80 },
+		{ IPPROTO_TCP, "127.0.0.1", "10.0.0.2", 40000, 22 },
+		{ IPPROTO_TCP, "127.0.0.1", "10.0.0.2", 9, 8080 },
+	};
+	char out[512];
 	FILE *f;
 
-	addr_parse_ip("::", 32768, &b.b_host);
-	addr_parse_ip("10.0.0.2", 80, &b.b_backend);
-	publish_add(&set, &b);
-	b.b_proto = IPPROTO_TCP;
-	publish_add(&set, &b);
-	addr_parse_ip("0.0.0.0", 32768, &b.b_host);
-	publish_add(&set, &b);
-	addr_parse_ip("10.0.0.2", 22, &b.b_backend);
-	addr_parse_ip("127.0.0.1", 40000, &b.b_host);
-	publish_add(&set, &b);
+	for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+		struct binding b = { .b_proto = in[i].proto, .b_fd = -1 };
+
+		addr_parse_ip(in[i].host, (uint16_t)in[i].hport, &b.b_host);
+		addr_parse_ip(in[i].backend, (uint16_t)in[i].bport, &b.b_backend);
+		publish_add(&set, &b);
+	}
 	publish_sort(&set);
 	f = fmemopen(out, sizeof(out), "w");
 	publish_report(&set, f);
 	fclose(f);
+	/* docker port's order: the lines in natural order (numbers as numbers). */
 	ck_assert_str_eq(out, "22/tcp -> 127.0.0.1:40000\n"
+			      "80/sctp -> 0.0.0.0:1\n"
 			      "80/tcp -> 0.0.0.0:32768\n"
+			      "80/tcp -> 127.0.0.1:5\n"
+			      "80/tcp -> 127.0.0.3:5\n"
 			      "80/tcp -> [::]:32768\n"
-			      "80/udp -> [::]:32768\n");
+			      "80/udp -> [::]:32768\n"
+			      "8080/tcp -> 127.0.0.1:9\n");
+}
+END_TEST
+
+START_TEST(host_range_keeps_the_random_cursor)
+{
+	unsigned base = free_region(3);
+	struct port_spec ps[3];
+	char spec[64];
+	unsigned p1, p2;
+
+	/* Random ports: the ephemeral range from its middle, so a reset to its
+	 * bottom would show. */
+	eph.pr_first = 20000;
+	eph.pr_last = 60000;
+	snprintf(spec, sizeof(spec), "127.0.0.1:%u-%u:80", base, base + 2);
+	parse(spec, &ps[0]);
+	parse("127.0.0.1::81", &ps[1]);
+	parse("127.0.0.1::82", &ps[2]);
+	ck_assert_int_eq(publish_bind(ps, 3, &container, &eph, &set, err, sizeof(err)), 0);
+	ck_assert_uint_eq(set.bs_n, 3);
+	p1 = addr_port(&set.bs_v[1].b_host);
+	p2 = addr_port(&set.bs_v[2].b_host);
+	/* A cursor reset by the host range would start the random ports at the
+	 * bottom of the range (1 in 13000 that a random start lands there). */
+	ck_assert_msg(p1 > (unsigned)eph.pr_first + 3, "random port %u at the bottom of the range", p1);
+	ck_assert_msg(p2 > p1 || p1 > 59000, "random ports %u then %u", p1, p2);
 }
 END_TEST
 
@@ -245,6 +286,7 @@ static Suite *publish_suite(void)
 	tcase_add_test(tc, busy_range_fails_cleanly);
 	tcase_add_test(tc, all_or_nothing);
 	tcase_add_test(tc, report_order);
+	tcase_add_test(tc, host_range_keeps_the_random_cursor);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -73,6 +73,13 @@ START_TEST(ranges)
 	expect(IPPROTO_UDP, "0.0.0.0", 5000, 5001, 6000, 6001);
 	ok("65535");
 	expect(IPPROTO_TCP, NULL, 0, 0, 65535, 65535);
+	ok("0:80"); /* host port 0: a random one, as Docker */
+	expect(IPPROTO_TCP, NULL, 0, 0, 80, 80);
+	ok("127.0.0.1:0:80");
+	expect(IPPROTO_TCP, "127.0.0.1", 0, 0, 80, 80);
+	ok("[::ffff:127.0.0.1]::80"); /* an IPv4-mapped address is IPv4 */
+	expect(IPPROTO_TCP, "127.0.0.1", 0, 0, 80, 80);
+	ck_assert_int_eq(addr_family(&ps.ps_ip), AF_INET);
 }
 END_TEST
 

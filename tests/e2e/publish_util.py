@@ -9,6 +9,7 @@ bounded loops, and every socket and thread closed by its owner.
 import collections
 import contextlib
 import fcntl
+import functools
 import os
 import random
 import re
@@ -54,9 +55,46 @@ def parse_report(text):
     return out
 
 
+def natural_cmp(a, b):
+    """docker port's order (docker/cli sorts its lines with sortorder.NaturalLess): bytes
+    compare as bytes, but a run of digits compares as a number and sorts before any other
+    character; of equal numbers the one with fewer leading zeros goes first."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        da, db = a[i].isdigit(), b[j].isdigit()
+        if da != db:
+            return -1 if da else 1
+        if not da:
+            if a[i] != b[j]:
+                return -1 if a[i] < b[j] else 1
+            i, j = i + 1, j + 1
+            continue
+        zi, zj = i, j
+        while zi < len(a) and a[zi] == "0":
+            zi += 1
+        while zj < len(b) and b[zj] == "0":
+            zj += 1
+        ei, ej = zi, zj
+        while ei < len(a) and a[ei].isdigit():
+            ei += 1
+        while ej < len(b) and b[ej].isdigit():
+            ej += 1
+        na, nb = a[zi:ei], b[zj:ej]
+        if len(na) != len(nb):
+            return -1 if len(na) < len(nb) else 1
+        if na != nb:
+            return -1 if na < nb else 1
+        if zi - i != zj - j:
+            return -1 if zi - i < zj - j else 1
+        i, j = ei, ej
+    return (len(a) - i > 0) - (len(b) - j > 0)
+
+
+report_key_of_line = functools.cmp_to_key(natural_cmp)
+
+
 def report_key(m):
-    """`docker port` order: container port, then protocol, then IPv4 before IPv6."""
-    return (m.cport, m.proto, 0 if m.family == socket.AF_INET else 1)
+    return report_key_of_line(m.line)
 
 
 def ephemeral_range():
