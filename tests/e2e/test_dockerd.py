@@ -1157,8 +1157,12 @@ class DockerdCases:
             else:
                 self.assertIsNone(front, "%s: expected kernel NAT, but portproxy %s accepted it"
                                   % (what, front))
-                self.assertEqual(info["peer"][1], s.getsockname()[1],
-                                 "%s: the container did not see our own socket: %s" % (what, info))
+                # Kernel NAT keeps our address; conntrack may rewrite the source port
+                # when it clashes with one left by a proxied connection, so only the
+                # address is ours to check.
+                self.assertEqual(info["peer"][0], s.getsockname()[0],
+                                 "%s: the container did not see our own address: %s"
+                                 % (what, info))
             payload = os.urandom(nbytes)
             back_data = exchange(s, payload)
             self.assertEqual(len(back_data), len(payload), "%s: echo length" % what)
