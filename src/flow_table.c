@@ -46,10 +46,13 @@ _Static_assert(sizeof(struct flow_key) == 40, "flow_key must have no padding");
 		v2 = ROTL(v2, 32); \
 	} while (0)
 
-/*
- * SipHash-1-3 of a flow key (five 64-bit words), keyed with @seed. A keyed
- * hash because the client picks its port: with a plain one a flood crafted
- * to collide would turn every lookup into a walk of the whole table.
+/**
+ * flow_hash() - SipHash-1-3 of the flow key @k (five 64-bit words), keyed
+ * with @seed
+ *
+ * A keyed hash because the client picks its port: with a plain one a flood
+ * crafted to collide would turn every lookup into a walk of the whole table.
+ * Return: the hash; its low bits pick the bucket
  */
 static uint64_t flow_hash(const uint64_t seed[2], const struct flow_key *k)
 {
@@ -125,14 +128,14 @@ void flow_table_fini(struct flow_table *t)
 }
 
 /**
- * flow_key_make() - the key of the flow from @client to @local
+ * flow_table_key_make() - the key of the flow from @client to @local
  * @local: the address the client sent to; only its IP counts (its port is
  *         the listener's, the same for every flow)
  *
  * Both addresses must be of one family (an IPv4 client of a dual-stack
  * socket comes as an IPv4-mapped IPv6 address, and so does its local one).
  */
-void flow_key_make(struct flow_key *k, const struct addr *client, const struct addr *local)
+void flow_table_key_make(struct flow_key *k, const struct addr *client, const struct addr *local)
 {
 	memset(k, 0, sizeof(*k));
 	k->fk_family = (uint16_t)addr_family(client);

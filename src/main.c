@@ -245,7 +245,7 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 		break;
 	}
 	case IPPROTO_SCTP:
-		sctp_relay_tune(b->b_fd); /* the streams its associations offer */
+		sock_tune_sctp(b->b_fd); /* the streams its associations offer */
 		sv->sv_sctp = sctp_relay_new(p->base, &b->b_backend);
 		sv->sv_listener =
 			sv->sv_sctp ? listener_new(p->base, b->b_fd, sctp_relay_accept, sv->sv_sctp)

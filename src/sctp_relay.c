@@ -15,15 +15,17 @@
  * streams as SCTP allows, so that any stream the client uses exists there.
  *
  * Direction i carries what side i sends: messages read from fd[i], written
- * to fd[!i]. Each direction holds at most one message in its buffer. The
- * pump of direction i:
+ * to fd[!i]. Each direction holds at most one message in its buffer, and
+ * holds a buffer only while it has a message in hand: an idle association
+ * holds none (as the TCP relay holds no pipe). The pump of direction i:
  *   1. a message waiting: send it. EAGAIN means fd[!i] is full: stop
  *      reading fd[i] (its read event is removed) and wait for fd[!i] to be
  *      writable (its write event is added). Once sent, the reverse.
  *   2. read from fd[i]: a piece of a message is appended; with MSG_EOR the
  *      message is complete. A message larger than SCTP_MSG_MAX is sent on
  *      in pieces of that size (Linux has no explicit-EOR sending), as
- *      docker-proxy does with any message above its 64 KiB buffer.
+ *      docker-proxy does with any message above its 64 KiB buffer. EAGAIN
+ *      with nothing in hand: the buffer is freed.
  *   3. at most PUMP_ROUNDS messages per wakeup; the events are
  *      level-triggered, so what waits is taken on the next turn.
  *
@@ -31,10 +33,15 @@
  *   CONNECTING  the backend connect is in flight; only its write event is
  *               armed. Refused, unreachable: the client gets an ABORT.
  *   RELAYING    both read events armed; write events only while blocked.
- *   closed      either side shut down (recv() returns 0): what is waiting
- *               for the other side is sent, then both are closed, which
- *               shuts the other association down gracefully. SCTP has no
- *               half-closed state to carry over.
+ *   SHUTTING    side i shut down (recv() returns 0) and what it sent has
+ *               been passed on: shutdown(fd[!i], SHUT_WR) starts a graceful
+ *               SHUTDOWN towards side !i, which still delivers what is in
+ *               flight to it. SCTP has no half-closed state: side i accepts
+ *               no more data, so what side !i still sends is read and
+ *               discarded (counted) until its association ends too.
+ *               (Closing fd[!i] at once, with messages unread in it, would
+ *               send an ABORT instead, and lose what was in flight.)
+ *   closed      both sides shut down: both sockets closed, nothing unread.
  *   aborted     any error: both sockets closed with an ABORT (SO_LINGER 0).
  * Every ending goes through sconn_close(), which logs the reason at debug.
  */
@@ -67,12 +74,14 @@ enum side { SIDE_CLIENT, SIDE_BACKEND, SIDES };
 struct sdir {
 	char *d_buf;
 	size_t d_cap;
-	size_t d_len;		    /* bytes of the message so far */
+	size_t d_len;               /* bytes of the message so far */
 	struct sctp_sndinfo d_info; /* how to send it: stream, PPID, flags */
-	bool d_ready;		    /* complete (or a full piece): to be sent */
-	bool d_partial;		    /* the last piece read did not end a message */
-	bool d_blocked;		    /* fd[!i] was full: fd[i]'s read event is off */
-	bool d_eof;		    /* fd[i] shut down */
+	bool d_ready;               /* complete (or a full piece): to be sent */
+	bool d_partial;             /* the last piece read did not end a message */
+	bool d_blocked;             /* fd[!i] was full: fd[i]'s read event is off */
+	bool d_eof;                 /* fd[i] shut down */
+	bool d_shut;                /* so fd[!i] was shut down for writing */
+	bool d_discard;             /* fd[!i] shut down: what fd[i] sends is dropped */
 };
 
 struct sconn {
@@ -99,34 +108,6 @@ struct sctp_relay {
 
 static void sconn_read(evutil_socket_t fd, short what, void *arg);
 static void sconn_write(evutil_socket_t fd, short what, void *arg);
-
-static int set_int(int fd, int level, int name, int v)
-{
-	return setsockopt(fd, level, name, &v, sizeof(v)) < 0 ? -errno : 0;
-}
-
-/**
- * sctp_relay_tune() - the options every relayed SCTP socket gets, and the
- * listener too (an accepted association is set up from it)
- *
- * SCTP_NODELAY: forward each message as it comes, no bundling delay.
- * SCTP_RECVRCVINFO: recvmsg() tells the stream and PPID of each message.
- * SCTP_INITMSG: offer and accept the most streams SCTP has, so a client's
- * stream number also exists on the backend association.
- * Return: 0, or the -errno of the first option that failed
- */
-int sctp_relay_tune(int fd)
-{
-	struct sctp_initmsg im = { .sinit_num_ostreams = 0xffff, .sinit_max_instreams = 0xffff };
-	int ret;
-
-	if ((ret = set_int(fd, IPPROTO_SCTP, SCTP_RECVRCVINFO, 1)) < 0)
-		return ret;
-	set_int(fd, IPPROTO_SCTP, SCTP_NODELAY, 1);
-	if (setsockopt(fd, IPPROTO_SCTP, SCTP_INITMSG, &im, sizeof(im)) < 0)
-		return -errno;
-	return 0;
-}
 
 /**
  * sconn_close() - end @c, once, for @reason; @err is 0 or the -errno behind it
@@ -208,8 +189,11 @@ static int sdir_send(struct sconn *c, enum side i)
 	return 0;
 }
 
-/* Read from fd[i] into the message of direction @i. Return: bytes, 0 at
- * EOF, or -errno (-EAGAIN: nothing waiting) */
+/*
+ * Read from fd[i] into the message of direction @i, taking a buffer first
+ * if it holds none. In discard mode the piece is counted and dropped.
+ * Return: bytes, 0 at EOF, or -errno (-EAGAIN: nothing waiting)
+ */
 static ssize_t sdir_recv(struct sconn *c, enum side i)
 {
 	struct sdir *d = &c->c_dir[i];
@@ -217,20 +201,32 @@ static ssize_t sdir_recv(struct sconn *c, enum side i)
 		char buf[CMSG_SPACE(sizeof(struct sctp_rcvinfo)) + 64];
 		size_t align; /* a cmsghdr's */
 	} ctl;
-	struct iovec iov = { d->d_buf + d->d_len, d->d_cap - d->d_len };
+	struct iovec iov;
 	struct msghdr mh = { .msg_iov = &iov,
 			     .msg_iovlen = 1,
 			     .msg_control = ctl.buf,
 			     .msg_controllen = sizeof(ctl.buf) };
 	ssize_t n;
 
+	if (!d->d_buf) {
+		d->d_buf = malloc(SCTP_MSG_INIT);
+		if (!d->d_buf)
+			return -ENOMEM;
+		d->d_cap = SCTP_MSG_INIT;
+	}
+	iov = (struct iovec){ d->d_buf + d->d_len, d->d_cap - d->d_len };
 	do
 		n = recvmsg(c->c_fd[i], &mh, MSG_DONTWAIT);
 	while (n < 0 && errno == EINTR);
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
 	if (mh.msg_flags & MSG_NOTIFICATION)
-		return n;    /* not subscribed to any, but never forward one */
+		return n; /* not subscribed to any, but never forward one */
+	if (d->d_discard) {
+		if (mh.msg_flags & MSG_EOR)
+			c->c_relay->r_stats.discarded[i]++;
+		return n;
+	}
 	if (!d->d_partial) { /* a new message: how to send it on */
 		struct cmsghdr *cm;
 
@@ -294,7 +290,7 @@ static int sdir_pump(struct sconn *c, enum side i)
 	for (unsigned round = 0; round < PUMP_ROUNDS; round++) {
 		ssize_t n;
 
-		if (d->d_ready || (d->d_eof && d->d_len)) {
+		if (!d->d_discard && (d->d_ready || (d->d_eof && d->d_len))) {
 			int ret = sdir_send(c, i);
 
 			if (ret == -EAGAIN) {
@@ -308,32 +304,60 @@ static int sdir_pump(struct sconn *c, enum side i)
 		if (d->d_eof)
 			return 1;
 		n = sdir_recv(c, i);
-		if (n == 0)
-			d->d_eof = true;
-		else if (n == -EAGAIN)
+		if (n == 0 || (n == -ENOTCONN && d->d_discard)) {
+			d->d_eof = true; /* ENOTCONN: the shutdown we began is over */
+		} else if (n == -EAGAIN) {
+			if (!d->d_len) { /* idle: hold no buffer */
+				free(d->d_buf);
+				d->d_buf = NULL;
+				d->d_cap = 0;
+			}
 			return 0;
-		else if (n < 0)
+		} else if (n < 0) {
 			return (int)n;
+		}
 	}
 	return 0;
 }
 
-/* Pump both directions; close when one side has shut down. May free @c. */
+/*
+ * Side @i has shut down and all it sent has been passed on: pass the
+ * shutdown on to side !i, gracefully (SHUTDOWN, not ABORT), and from now on
+ * discard what side !i sends: side i takes no more. Return: 0, or -errno
+ */
+static int sconn_shut(struct sconn *c, enum side i)
+{
+	struct sdir *o = &c->c_dir[!i];
+
+	c->c_dir[i].d_shut = true;
+	event_del(c->c_rev[i]); /* fd[i] stays readable (EOF) for good */
+	if (shutdown(c->c_fd[!i], SHUT_WR) < 0)
+		return -errno;
+	o->d_discard = true;
+	o->d_len = 0;
+	o->d_ready = false;
+	o->d_partial = false;
+	sdir_block(c, (enum side) !i, false); /* nothing waits for fd[i] any more */
+	return 0;
+}
+
+/* Pump both directions; close when both sides have shut down. May free @c. */
 static void sconn_pump(struct sconn *c)
 {
 	for (int i = 0; i < SIDES; i++) {
 		int ret = sdir_pump(c, (enum side)i);
 
+		if (ret == 1 && c->c_dir[!i].d_eof) {
+			sconn_close(c, false, "both sides shut down", 0);
+			return;
+		}
+		if (ret == 1 && !c->c_dir[i].d_shut)
+			ret = sconn_shut(c, (enum side)i);
 		if (ret < 0) {
 			sconn_close(c, true,
 				    i == SIDE_CLIENT ? "aborted relaying client->backend"
 						     : "aborted relaying backend->client",
 				    ret);
-			return;
-		}
-		if (ret == 1) {
-			sconn_close(c, false,
-				    i == SIDE_CLIENT ? "client shut down" : "backend shut down", 0);
 			return;
 		}
 	}
@@ -381,32 +405,6 @@ static void sconn_write(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/*
- * Start the backend association. The options go on before connect(): the
- * INIT chunk it sends carries the stream counts. Return: 0 or -EINPROGRESS
- * with *fdp set, or -errno
- */
-static int sconn_connect(struct sctp_relay *r, int *fdp)
-{
-	int fd, ret;
-
-	fd = socket(addr_family(&r->r_backend), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-		    IPPROTO_SCTP);
-	if (fd < 0)
-		return -errno;
-	sctp_relay_tune(fd);
-	if (connect(fd, &r->r_backend.u.sa, r->r_backend.len) == 0) {
-		*fdp = fd;
-		return 0;
-	}
-	ret = -errno;
-	if (ret == -EINPROGRESS)
-		*fdp = fd;
-	else
-		close(fd);
-	return ret;
-}
-
 /**
  * sctp_relay_accept() - relay a new client association to the backend
  * @fd: the accepted socket, non-blocking; ownership passes to the relay
@@ -438,14 +436,10 @@ void sctp_relay_accept(int fd, const struct addr *peer, void *relay)
 	r->r_stats.accepted++;
 	r->r_stats.active++;
 
-	sctp_relay_tune(fd);
-	for (int i = 0; i < SIDES; i++) {
-		c->c_dir[i].d_buf = malloc(SCTP_MSG_INIT);
-		c->c_dir[i].d_cap = SCTP_MSG_INIT;
-		if (!c->c_dir[i].d_buf)
-			goto fail;
-	}
-	ret = sconn_connect(r, &c->c_fd[SIDE_BACKEND]);
+	sock_tune_sctp(fd); /* inherited from the listener; in case it was not */
+	/* sock_connect() tunes the socket before connect(): the INIT chunk
+	 * carries the stream counts. The buffers come with the first message. */
+	ret = sock_connect(SOCK_STREAM, IPPROTO_SCTP, &r->r_backend, &c->c_fd[SIDE_BACKEND]);
 	if (ret < 0 && ret != -EINPROGRESS) {
 		r->r_stats.refused++;
 		sconn_close(c, true, "connect to backend failed", ret);
@@ -494,6 +488,10 @@ void sctp_relay_free(struct sctp_relay *r)
 	free(r);
 }
 
+/**
+ * sctp_relay_stats() - copy the counters of @r into @st
+ * Return: nothing; @st holds the counts since sctp_relay_new()
+ */
 void sctp_relay_stats(const struct sctp_relay *r, struct sctp_relay_stats *st)
 {
 	*st = r->r_stats;

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <linux/sctp.h>
+
 static int set_int(int fd, int level, int name, int v)
 {
 	return setsockopt(fd, level, name, &v, sizeof(v)) < 0 ? -errno : 0;
@@ -109,8 +111,13 @@ int sock_adopt(int fd, int type, int proto, const char **op)
 
 /**
  * sock_connect() - start a non-blocking connect to @to
+ * @type: SOCK_STREAM or SOCK_DGRAM
+ * @proto: IPPROTO_TCP (or 0 with SOCK_STREAM), IPPROTO_UDP, IPPROTO_SCTP
  * @fdp: set to the new socket when the return is 0 or -EINPROGRESS
  *
+ * The socket is tuned for its protocol before connect(), which matters for
+ * SCTP: the INIT chunk that connect() sends carries the stream counts. TCP
+ * gets sock_tune_tcp(), SCTP sock_tune_sctp(), UDP nothing.
  * Return: 0 when connected at once, -EINPROGRESS when the caller must wait
  *         for writability and then read sock_error(), or another -errno
  *         (the socket is then closed)
@@ -122,8 +129,12 @@ int sock_connect(int type, int proto, const struct addr *to, int *fdp)
 	fd = socket(addr_family(to), type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
 	if (fd < 0)
 		return -errno;
-	if (type == SOCK_STREAM)
+	if (proto == IPPROTO_SCTP) {
+		if ((ret = sock_tune_sctp(fd)) < 0)
+			goto fail;
+	} else if (type == SOCK_STREAM && (proto == 0 || proto == IPPROTO_TCP)) {
 		sock_tune_tcp(fd);
+	}
 	if (connect(fd, &to->u.sa, to->len) == 0) {
 		*fdp = fd;
 		return 0;
@@ -133,6 +144,7 @@ int sock_connect(int type, int proto, const struct addr *to, int *fdp)
 		*fdp = fd;
 		return ret;
 	}
+fail:
 	close(fd);
 	return ret;
 }
@@ -182,6 +194,30 @@ void sock_tune_tcp(int fd)
 }
 
 /**
+ * sock_tune_sctp() - the options every relayed SCTP socket gets, and the
+ * listener too (an accepted association is set up from it)
+ *
+ * SCTP_RECVRCVINFO: recvmsg() tells the stream and PPID of each message,
+ * which the relay must pass on. SCTP_NODELAY: forward each message as it
+ * comes, no bundling delay (failure harmless). SCTP_INITMSG: offer and
+ * accept the most streams SCTP has, so that a client's stream number also
+ * exists on the backend association.
+ * Return: 0, or the -errno of the first option that failed
+ */
+int sock_tune_sctp(int fd)
+{
+	struct sctp_initmsg im = { .sinit_num_ostreams = 0xffff, .sinit_max_instreams = 0xffff };
+	int ret;
+
+	if ((ret = set_int(fd, IPPROTO_SCTP, SCTP_RECVRCVINFO, 1)) < 0)
+		return ret;
+	set_int(fd, IPPROTO_SCTP, SCTP_NODELAY, 1);
+	if (setsockopt(fd, IPPROTO_SCTP, SCTP_INITMSG, &im, sizeof(im)) < 0)
+		return -errno;
+	return 0;
+}
+
+/**
  * sock_reset_close() - close @fd with an RST instead of a FIN
  *
  * SO_LINGER {1, 0} makes close() abort the connection: what a client sees
@@ -220,9 +256,15 @@ int sock_set_buffers(int fd, int rcvbuf, int sndbuf)
 
 /**
  * sock_pktinfo_enable() - have recvmsg() on @fd say which local address
- * each datagram was sent to (IP_PKTINFO, or IPV6_RECVPKTINFO on an IPv6
- * socket, which also covers the IPv4 clients of a dual-stack one)
+ * each datagram was sent to: IP_PKTINFO on an IPv4 socket; on an IPv6 one
+ * IPV6_RECVPKTINFO and IP_PKTINFO both
  *
+ * For the IPv4 clients of a dual-stack socket the kernel's IPV6_PKTINFO
+ * holds the datagram's header destination, which for a broadcast is no
+ * address a reply may come from; IP_PKTINFO's ipi_spec_dst is (see
+ * sock_pktinfo_local()). IP_PKTINFO on an IPv6 socket is best effort: without
+ * it only broadcasts to a dual-stack socket go unanswered.
+ * Receive buffers need SOCK_PKTINFO_RECV_SPACE bytes of control room.
  * Return: 0, or -errno
  */
 int sock_pktinfo_enable(int fd)
@@ -232,8 +274,13 @@ int sock_pktinfo_enable(int fd)
 
 	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0)
 		return -errno;
-	if (family == AF_INET6)
-		return set_int(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+	if (family == AF_INET6) {
+		int ret = set_int(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+
+		if (ret == 0)
+			set_int(fd, IPPROTO_IP, IP_PKTINFO, 1);
+		return ret;
+	}
 	return set_int(fd, IPPROTO_IP, IP_PKTINFO, 1);
 }
 
@@ -247,40 +294,88 @@ int sock_pktinfo_enable(int fd)
  * socket drops datagrams from any other. For IPv4 it is the kernel's
  * ipi_spec_dst, the destination for a unicast datagram and a local address
  * of the arrival interface for a broadcast one (a broadcast address cannot
- * be a source). An IPv6 multicast destination gives the unspecified
- * address: the kernel then picks the source, as without pktinfo.
+ * be a source). An IPv4 datagram on a dual-stack socket carries both
+ * IPV6_PKTINFO (its header destination, IPv4-mapped) and IP_PKTINFO: the
+ * latter's ipi_spec_dst wins, IPv4-mapped, so the family stays the socket's.
+ * An IPv6 multicast destination gives the unspecified address: the kernel
+ * then picks the source, as without pktinfo.
  * Return: 0, or -ENOENT when @mh carries no pktinfo
  */
 int sock_pktinfo_local(const struct msghdr *mh, struct addr *local)
 {
+	struct in_pktinfo pi4;
+	struct in6_pktinfo pi6;
+	bool have4 = false, have6 = false;
+
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
 		if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
-		    c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
-			struct in_pktinfo pi;
-
-			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-			memset(local, 0, sizeof(*local));
-			local->u.sin.sin_family = AF_INET;
-			local->u.sin.sin_addr = pi.ipi_spec_dst;
-			local->len = sizeof(local->u.sin);
-			return 0;
-		}
-		if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
-		    c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
-			struct in6_pktinfo pi;
-
-			memcpy(&pi, CMSG_DATA(c), sizeof(pi));
-			memset(local, 0, sizeof(*local));
-			local->u.sin6.sin6_family = AF_INET6;
-			if (!IN6_IS_ADDR_MULTICAST(&pi.ipi6_addr))
-				local->u.sin6.sin6_addr = pi.ipi6_addr;
-			if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr))
-				local->u.sin6.sin6_scope_id = pi.ipi6_ifindex;
-			local->len = sizeof(local->u.sin6);
-			return 0;
+		    c->cmsg_len >= CMSG_LEN(sizeof(pi4))) {
+			memcpy(&pi4, CMSG_DATA(c), sizeof(pi4));
+			have4 = true;
+		} else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+			   c->cmsg_len >= CMSG_LEN(sizeof(pi6))) {
+			memcpy(&pi6, CMSG_DATA(c), sizeof(pi6));
+			have6 = true;
 		}
 	}
+	memset(local, 0, sizeof(*local));
+	if (have6 && !(have4 && IN6_IS_ADDR_V4MAPPED(&pi6.ipi6_addr))) {
+		local->u.sin6.sin6_family = AF_INET6;
+		if (!IN6_IS_ADDR_MULTICAST(&pi6.ipi6_addr))
+			local->u.sin6.sin6_addr = pi6.ipi6_addr;
+		if (IN6_IS_ADDR_LINKLOCAL(&pi6.ipi6_addr))
+			local->u.sin6.sin6_scope_id = pi6.ipi6_ifindex;
+		local->len = sizeof(local->u.sin6);
+		return 0;
+	}
+	if (have4 && have6) { /* IPv4 on a dual-stack socket: ::ffff:spec_dst */
+		local->u.sin6.sin6_family = AF_INET6;
+		local->u.sin6.sin6_addr.s6_addr[10] = 0xff;
+		local->u.sin6.sin6_addr.s6_addr[11] = 0xff;
+		memcpy(&local->u.sin6.sin6_addr.s6_addr[12], &pi4.ipi_spec_dst, 4);
+		local->len = sizeof(local->u.sin6);
+		return 0;
+	}
+	if (have4) {
+		local->u.sin.sin_family = AF_INET;
+		local->u.sin.sin_addr = pi4.ipi_spec_dst;
+		local->len = sizeof(local->u.sin);
+		return 0;
+	}
 	return -ENOENT;
+}
+
+/**
+ * sock_rxq_ovfl_enable() - have recvmsg() on @fd report how many datagrams
+ * the kernel has dropped at this socket (SO_RXQ_OVFL): a full receive
+ * buffer is where a UDP relay loses datagrams, and it is invisible otherwise
+ *
+ * Receive buffers need SOCK_RXQ_OVFL_SPACE bytes of control room.
+ * Return: 0, or -errno
+ */
+int sock_rxq_ovfl_enable(int fd)
+{
+	return set_int(fd, SOL_SOCKET, SO_RXQ_OVFL, 1);
+}
+
+/**
+ * sock_rxq_ovfl() - the drop count a received datagram carries
+ * @mh: as recvmsg() filled it in, on a socket with sock_rxq_ovfl_enable()
+ * @drops: set to the socket's drops so far (a wrapping 32-bit count) when
+ *         the kernel sent it; it sends none while the count is 0
+ *
+ * Return: whether @mh carried the count
+ */
+bool sock_rxq_ovfl(const struct msghdr *mh, uint32_t *drops)
+{
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(*drops))) {
+			memcpy(drops, CMSG_DATA(c), sizeof(*drops));
+			return true;
+		}
+	}
+	return false;
 }
 
 /**

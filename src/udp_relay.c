@@ -23,31 +23,48 @@
  *      by the whole process and allocated once, see struct udp_scratch;
  *      64 KiB per slot: the largest datagram fits, and a datagram that does
  *      not is MSG_TRUNC: dropped and counted, never forwarded cut).
- *   2. sort them into runs of one flow (the listener's batch mixes clients;
- *      a new client opens a flow here, evicting the least recently used one
- *      at the cap).
- *   3. send each run with one system call: UDP_SEGMENT (GSO) when it is
- *      equal-sized datagrams that fit the path, else sendmmsg(). Touch the
- *      flow: traffic either way keeps it alive.
+ *   2. group them by flow, each flow's datagrams in the order they came: a
+ *      flow socket's batch is one group, the listener's mixes clients. A
+ *      new client opens a flow here: its socket first and then, at the cap,
+ *      the least recently used flow is closed for room. The flows of the
+ *      batch are touched as they are met, so they are the last to go; if
+ *      one goes all the same (a cap below the clients in one batch), its
+ *      datagrams are sent before it is closed.
+ *   3. send each group with one system call: UDP_SEGMENT (GSO) when it is
+ *      equal-sized datagrams (the last may be shorter) that fit the path,
+ *      else sendmmsg(). Touch the flow: traffic either way keeps it alive.
  *   4. return to the loop after one batch: the events are level-triggered,
  *      so a socket with more waiting fires again, after the others had
- *      their turn. Nothing here allocates or logs above trace.
+ *      their turn.
+ * Memory is allocated per flow (in step 2), never per datagram. Nothing here
+ * logs above trace: drops are counted, and a timer armed by the first drop
+ * reports what the counters did, at most once per REPORT_SECS.
  *
  * What can go wrong with a datagram, and what happens:
  *   ICMP error     an unreachable backend (ECONNREFUSED: nothing listens
- *                  yet) is reported on the flow socket's next send or
- *                  recv. Counted, and the flow stays: the error was about
- *                  an earlier datagram, so a send that reports it is tried
- *                  again, and forwards once the backend listens.
- *   full buffer    EAGAIN/ENOBUFS: the rest of the run is dropped and
- *                  counted. UDP has no backpressure; blocking one flow's
- *                  replies must not stall the listener for all the others.
- *   other errors   that datagram is dropped and counted; the rest go on.
+ *                  yet) is reported on the flow socket's next send or recv,
+ *                  which consumes it. Counted, and the flow stays: the
+ *                  error was about an earlier datagram, so a send that
+ *                  reports it is tried again, at most ICMP_RETRIES times
+ *                  per group; past that the datagram it stops at is dropped.
+ *                  Only flow sockets are connected: the same errors on the
+ *                  listener (ENETUNREACH, EACCES) are local refusals, below.
+ *   full buffer    EAGAIN/ENOBUFS from sendmmsg(): the rest of the group is
+ *                  dropped and counted. UDP has no backpressure; blocking
+ *                  one flow's replies must not stall the listener for all
+ *                  the others. A GSO send that finds no room falls back to
+ *                  sendmmsg(), which may still place some of the group.
+ *   other errors   that datagram is dropped and counted; the rest go on. A
+ *                  GSO send the kernel turns down (no offload, a narrower
+ *                  path) falls back to sendmmsg() and lowers the flow's GSO
+ *                  size, so that the next group does not try in vain.
+ *   kernel drops   what the kernel dropped at our own sockets (a receive
+ *                  buffer full) is counted from SO_RXQ_OVFL.
  *
  * States of a flow:
  *   open     in the table and on the LRU list, its socket's EV_READ armed.
  *   closed   idle for the timeout, evicted at the cap, or the relay shuts
- *            down. Every ending goes through flow_close(), which logs the
+ *            down. Every ending goes through uflow_close(), which logs the
  *            reason at debug.
  * Expiry needs no timer per flow: one timer is armed for the deadline of
  * the least recently used flow (the LRU list's tail) and, when it fires,
@@ -60,7 +77,9 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -79,19 +98,32 @@ enum side { SIDE_CLIENT, SIDE_BACKEND, SIDES };
 #define UDP_SLOT 65536
 /* UDP_SEGMENT: the most payload one send may carry (the kernel's limit is
  * 64 KiB less headers), and the segment size we try before we know the
- * path (a client behind a 1500-byte Ethernet). */
-#define GSO_MAX_BYTES	65000
-#define GSO_DEFAULT_SEG 1472
+ * path: what a 1500-byte MTU leaves after the IP and UDP headers. */
+#define GSO_MAX_BYTES    65000
+#define GSO_DEFAULT_SEG4 1472 /* 1500 - 20 - 8 */
+#define GSO_DEFAULT_SEG6 1452 /* 1500 - 40 - 8 */
+/* Times a send that reports an earlier ICMP error is tried again, per group. */
+#define ICMP_RETRIES 2
 /* Socket buffers. Charged only while datagrams wait in them. */
 #define LISTEN_BUF (4 << 20)
 #define FLOW_BUF   (1 << 20)
 /* Flows the expiry timer closes per run before yielding to traffic. */
 #define EXPIRE_BUDGET 1024
+/* Drops are reported (one warning) this long after the first one since the
+ * last report: at most one line per REPORT_SECS, none while all is well. */
+#define REPORT_SECS 10
 
-/* Room for a pktinfo and a UDP_SEGMENT control message. */
+/* Control room for a send: a pktinfo and a UDP_SEGMENT. */
 union udp_ctl {
 	char buf[SOCK_PKTINFO_SPACE + CMSG_SPACE(sizeof(uint16_t))];
 	size_t align; /* a cmsghdr's; not the struct itself: it ends in a flexible array */
+};
+
+/* Control room for a received datagram: its pktinfo (both kinds, for an
+ * IPv4 datagram on a dual-stack listener) and the socket's drop count. */
+union udp_inctl {
+	char buf[SOCK_PKTINFO_RECV_SPACE + SOCK_RXQ_OVFL_SPACE];
+	size_t align;
 };
 
 struct flow {
@@ -105,8 +137,19 @@ struct flow {
 	size_t f_ctllen;     /* pktinfo for replies: 0 when the kernel may choose */
 	union udp_ctl f_ctl;
 	unsigned f_gso_max[SIDES]; /* largest UDP_SEGMENT size to try; 0: none */
+	unsigned f_group;          /* its group in the listener batch + 1, or 0 */
+	uint32_t f_rxq_drops;      /* its socket's SO_RXQ_OVFL count, as last seen */
 	unsigned long long f_dgrams[SIDES];
 	unsigned long long f_icmp;
+};
+
+/* One flow's datagrams in a listener batch: slots chained through s_next,
+ * in the order they came. */
+struct udp_group {
+	struct flow *g_flow; /* NULL once sent */
+	unsigned g_first;    /* its first slot */
+	unsigned g_last;     /* its last slot, where the chain grows */
+	unsigned g_n;
 };
 
 /*
@@ -119,13 +162,14 @@ struct flow {
 struct udp_scratch {
 	unsigned s_users; /* relays holding it */
 	char *s_slots;    /* UDP_BATCH slots of UDP_SLOT bytes */
-	char *s_gso;      /* one run laid end to end, for UDP_SEGMENT */
 	struct mmsghdr s_in[UDP_BATCH];
 	struct iovec s_iov[UDP_BATCH];
 	struct sockaddr_storage s_from[UDP_BATCH];
-	union udp_ctl s_inctl[UDP_BATCH];
+	union udp_inctl s_inctl[UDP_BATCH];
+	struct udp_group s_grp[UDP_BATCH];
+	unsigned s_next[UDP_BATCH]; /* the next slot of the same group */
 	struct mmsghdr s_out[UDP_BATCH];
-	struct iovec s_oiov[UDP_BATCH];
+	struct iovec s_oiov[UDP_BATCH]; /* the group being sent */
 	union udp_ctl s_outctl;
 };
 
@@ -135,19 +179,31 @@ struct udp_relay {
 	struct event_base *r_base;
 	int r_fd; /* the listener */
 	struct event *r_ev;
-	struct event *r_timer;
+	struct event *r_timer;  /* expiry */
+	struct event *r_report; /* the drop report, armed by a drop */
+	bool r_report_armed;
 	struct addr r_backend;
 	struct addr r_bound; /* the listener's address, for a datagram without pktinfo */
 	struct udp_relay_opts r_opts;
 	size_t r_slot; /* bytes of a slot we use: UDP_SLOT */
 	struct flow_table r_flows;
 	unsigned long long r_next_id;
+	uint32_t r_rxq_drops; /* the listener's SO_RXQ_OVFL count, as last seen */
 	struct udp_relay_stats r_stats;
-	struct log_ratelimit r_warn_flow, r_warn_send, r_warn_recv;
+	struct udp_relay_stats r_reported; /* r_stats as of the last report */
+	int r_err_send[SIDES];             /* the errno behind the last drop, for the report */
+	int r_err_flow;
+	int r_err_recv;
 
 	struct udp_scratch *r_s; /* shared: see struct udp_scratch */
 };
 
+/**
+ * now_ms() - the time for flow expiry, from the coarse monotonic clock
+ * (a tick's precision, at a fraction of the precise clock's cost)
+ *
+ * Return: milliseconds since an arbitrary start
+ */
 static uint64_t now_ms(void)
 {
 	struct timespec ts;
@@ -156,7 +212,11 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Errors a connected UDP socket reports for an ICMP message it received. */
+/*
+ * Errors a connected UDP socket reports for an ICMP message it received.
+ * Only flow sockets are connected: on the listener these are local
+ * refusals (no route, a firewall), about the datagram being sent.
+ */
 static bool error_is_icmp(int err)
 {
 	switch (err) {
@@ -173,11 +233,33 @@ static bool error_is_icmp(int err)
 	}
 }
 
+/* Something was dropped: make sure a report follows, REPORT_SECS from now. */
+static void relay_dropped(struct udp_relay *r)
+{
+	if (r->r_report_armed)
+		return;
+	r->r_report_armed = true;
+	evtimer_add(r->r_report, &(struct timeval){ .tv_sec = REPORT_SECS });
+}
+
+/* Count what the kernel dropped at a socket: @mh, received on it, may carry
+ * its drop count; @seen is the count as last seen (it wraps). */
+static void rxq_account(struct udp_relay *r, const struct msghdr *mh, uint32_t *seen)
+{
+	uint32_t drops;
+
+	if (!sock_rxq_ovfl(mh, &drops) || drops == *seen)
+		return;
+	r->r_stats.kernel_drops += (uint32_t)(drops - *seen);
+	*seen = drops;
+	relay_dropped(r);
+}
+
 /**
- * flow_close() - end @f for @reason: out of the table, event freed, socket
+ * uflow_close() - end @f for @reason: out of the table, event freed, socket
  * closed. Frees @f: the caller must not touch it afterwards.
  */
-static void flow_close(struct flow *f, const char *reason)
+static void uflow_close(struct flow *f, const char *reason)
 {
 	struct udp_relay *r = f->f_relay;
 
@@ -196,163 +278,104 @@ static void flow_close(struct flow *f, const char *reason)
 	r->r_stats.active--;
 }
 
-static void flow_read(evutil_socket_t fd, short what, void *arg);
+static void uflow_read(evutil_socket_t fd, short what, void *arg);
 static void relay_arm_expiry(struct udp_relay *r, uint64_t now);
 
-/* The path MTU of connected @fd less the IP and UDP headers, or a guess. */
-static unsigned flow_gso_max(int fd, int family)
+/**
+ * gso_default() - the UDP_SEGMENT size to try towards @a before anything is
+ * known of the path: what a 1500-byte MTU leaves of a datagram
+ *
+ * An IPv4-mapped address (a client of a dual-stack listener) is IPv4 on the
+ * wire.
+ * Return: bytes
+ */
+static unsigned gso_default(const struct addr *a)
+{
+	if (addr_family(a) == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&a->u.sin6.sin6_addr))
+		return GSO_DEFAULT_SEG6;
+	return GSO_DEFAULT_SEG4;
+}
+
+/**
+ * uflow_gso_max() - the largest UDP_SEGMENT size for sends on @fd, a socket
+ * of @family connected to the backend
+ *
+ * Return: the path MTU less the IP and UDP headers; when the kernel does not
+ *         tell, what a 1500-byte MTU leaves; 0 (no GSO) when the MTU leaves
+ *         nothing
+ */
+static unsigned uflow_gso_max(int fd, int family)
 {
 	int mtu = 0;
 	socklen_t len = sizeof(mtu);
 
 	if (family == AF_INET6 ? getsockopt(fd, IPPROTO_IPV6, IPV6_MTU, &mtu, &len)
 			       : getsockopt(fd, IPPROTO_IP, IP_MTU, &mtu, &len))
-		return GSO_DEFAULT_SEG;
+		return family == AF_INET6 ? GSO_DEFAULT_SEG6 : GSO_DEFAULT_SEG4;
 	mtu -= family == AF_INET6 ? 48 : 28;
 	return mtu > 0 ? (unsigned)mtu : 0;
 }
 
-/* Make the flow socket; on EMFILE/ENFILE give up the oldest flow's
- * descriptor and try once more. Return: 0 with *fdp set, or -errno */
-static int flow_socket(struct udp_relay *r, int *fdp)
-{
-	int ret = sock_connect(SOCK_DGRAM, IPPROTO_UDP, &r->r_backend, fdp);
-
-	if ((ret == -EMFILE || ret == -ENFILE) && flow_table_oldest(&r->r_flows)) {
-		r->r_stats.evicted++;
-		flow_close((struct flow *)flow_table_oldest(&r->r_flows),
-			   "evicted: out of descriptors");
-		ret = sock_connect(SOCK_DGRAM, IPPROTO_UDP, &r->r_backend, fdp);
-	}
-	return ret;
-}
-
-/**
- * flow_open() - a new flow for @key, from @client to @local, most recently
- * used at @now; the least recently used flow is closed first at the cap
- *
- * Return: the flow, or NULL (the caller drops the datagram; we warn,
- *         rate-limited)
- */
-static struct flow *flow_open(struct udp_relay *r, const struct flow_key *key,
-			      const struct addr *client, const struct addr *local, uint64_t now)
-{
-	struct flow_node *victim = flow_table_victim(&r->r_flows);
-	char cl[ADDR_STRLEN], be[ADDR_STRLEN];
-	struct flow *f;
-	int ret;
-
-	if (victim) {
-		r->r_stats.evicted++;
-		flow_close((struct flow *)victim, "evicted: least recently used at the flow cap");
-	}
-	f = calloc(1, sizeof(*f));
-	if (!f) {
-		ret = -ENOMEM;
-		goto fail;
-	}
-	f->f_relay = r;
-	ret = flow_socket(r, &f->f_fd);
-	if (ret < 0)
-		goto fail_free;
-	sock_set_buffers(f->f_fd, FLOW_BUF, FLOW_BUF);
-	f->f_ev = event_new(r->r_base, f->f_fd, EV_READ | EV_PERSIST, flow_read, f);
-	if (!f->f_ev || event_add(f->f_ev, NULL) < 0) {
-		ret = -ENOMEM;
-		goto fail_close;
-	}
-	f->f_id = ++r->r_next_id;
-	f->f_node.fn_key = *key;
-	f->f_client = *client;
-	f->f_local = *local;
-	if (!addr_is_any(local))
-		f->f_ctllen = sock_pktinfo_put(f->f_ctl.buf, SOCK_PKTINFO_SPACE, local);
-	if (!r->r_opts.no_gso) {
-		f->f_gso_max[SIDE_CLIENT] = flow_gso_max(f->f_fd, addr_family(&r->r_backend));
-		f->f_gso_max[SIDE_BACKEND] = GSO_DEFAULT_SEG;
-	}
-	flow_table_insert(&r->r_flows, &f->f_node, now); /* room was made above */
-	if (!evtimer_pending(r->r_timer, NULL))
-		relay_arm_expiry(r, now);
-	r->r_stats.flows++;
-	r->r_stats.active++;
-	if (log_on(LOG_LVL_DEBUG)) {
-		char lo[ADDR_STRLEN];
-
-		log_debug("udp %s -> %s #%llu: new flow (to %s)",
-			  addr_format(client, cl, sizeof(cl)),
-			  addr_format(&r->r_backend, be, sizeof(be)), f->f_id,
-			  addr_format_ip(local, lo, sizeof(lo)));
-	}
-	return f;
-
-fail_close:
-	if (f->f_ev)
-		event_free(f->f_ev);
-	close(f->f_fd);
-fail_free:
-	free(f);
-fail:
-	log_limited(&r->r_warn_flow, 10, LOG_LVL_WARN,
-		    "udp %s -> %s: cannot open a flow, datagram dropped: %s",
-		    addr_format(client, cl, sizeof(cl)), addr_format(&r->r_backend, be, sizeof(be)),
-		    strerror(-ret));
-	return NULL;
-}
-
 /*
- * Try to send r_out[0..n) as one UDP_SEGMENT send: equal-sized datagrams
- * (the last may be shorter) laid end to end, which the kernel (or the NIC)
- * cuts apart again. One trip through the stack instead of n.
- * Return: 1 when sent; 0 when this run does not qualify or the kernel
- *         turned it down (the caller sends it the ordinary way); or -errno
- *         for a full buffer (EAGAIN, ENOBUFS) or an ICMP error
+ * Try to send r_oiov[0..n) as one UDP_SEGMENT send: equal-sized datagrams
+ * (the last may be shorter, never empty), which the kernel (or the NIC)
+ * cuts apart again every gso_size bytes whatever the iovec boundaries, so
+ * the slots go as they are, uncopied. One trip through the stack instead
+ * of n.
+ * Return: 1 when sent; 0 when the group does not qualify or the send failed
+ *         in a way sendmmsg() may do better with (no room for it all at
+ *         once, GSO turned down): the caller sends it the ordinary way; or
+ *         -errno for an ICMP error on a flow socket (the caller tries again)
  */
-static int send_gso(struct udp_relay *r, struct flow *f, enum side i, int fd, struct msghdr *tmpl,
-		    unsigned n)
+static int send_gso(struct udp_relay *r, struct flow *f, enum side i, int fd,
+		    const struct msghdr *tmpl, unsigned n)
 {
-	size_t seg = r->r_s->s_oiov[0].iov_len, total = 0;
+	struct udp_scratch *s = r->r_s;
+	size_t seg = s->s_oiov[0].iov_len;
 	struct msghdr mh = *tmpl;
 	struct cmsghdr *c;
-	struct iovec iov;
 	uint16_t gso;
 
-	if (n < 2 || seg > f->f_gso_max[i] || seg * n > GSO_MAX_BYTES)
+	/* A gso_size of 0 means "no GSO" to the kernel: n empty datagrams
+	 * would leave as one. */
+	if (n < 2 || !seg || seg > f->f_gso_max[i] || seg * n > GSO_MAX_BYTES)
 		return 0;
-	for (unsigned k = 0; k < n; k++) {
-		size_t len = r->r_s->s_oiov[k].iov_len;
+	for (unsigned k = 1; k < n; k++) {
+		size_t len = s->s_oiov[k].iov_len;
 
 		if (len != seg && (k != n - 1 || len > seg || len == 0))
 			return 0;
-		memcpy(r->r_s->s_gso + total, r->r_s->s_oiov[k].iov_base, len);
-		total += len;
 	}
-	iov = (struct iovec){ .iov_base = r->r_s->s_gso, .iov_len = total };
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	memset(&r->r_s->s_outctl, 0, sizeof(r->r_s->s_outctl));
+	mh.msg_iov = s->s_oiov;
+	mh.msg_iovlen = n;
+	memset(&s->s_outctl, 0, sizeof(s->s_outctl));
 	if (tmpl->msg_controllen)
-		memcpy(r->r_s->s_outctl.buf, tmpl->msg_control, tmpl->msg_controllen);
-	mh.msg_control = r->r_s->s_outctl.buf;
+		memcpy(s->s_outctl.buf, tmpl->msg_control, tmpl->msg_controllen);
+	mh.msg_control = s->s_outctl.buf;
 	mh.msg_controllen = tmpl->msg_controllen + CMSG_SPACE(sizeof(gso));
-	c = (struct cmsghdr *)(r->r_s->s_outctl.buf + tmpl->msg_controllen);
+	c = (struct cmsghdr *)(s->s_outctl.buf + tmpl->msg_controllen);
 	c->cmsg_level = SOL_UDP;
 	c->cmsg_type = UDP_SEGMENT;
 	c->cmsg_len = CMSG_LEN(sizeof(gso));
 	gso = (uint16_t)seg;
 	memcpy(CMSG_DATA(c), &gso, sizeof(gso));
-	while (sendmsg(fd, &mh, MSG_DONTWAIT) < 0) {
-		int err = errno;
+	for (;;) {
+		int err;
 
+		r->r_stats.sends[i]++;
+		if (sendmsg(fd, &mh, MSG_DONTWAIT) >= 0)
+			break;
+		err = errno;
 		if (err == EINTR)
 			continue;
-		if (err == EAGAIN || err == ENOBUFS || error_is_icmp(err))
+		if (i == SIDE_CLIENT && error_is_icmp(err))
 			return -err;
 		if (err == EIO || err == EOPNOTSUPP || err == ENOPROTOOPT)
 			f->f_gso_max[i] = 0; /* no checksum offload on the way: no GSO */
 		else if (err == EINVAL || err == EMSGSIZE)
 			f->f_gso_max[i] = (unsigned)seg - 1; /* the path is narrower */
-		/* The ordinary way will tell which datagram, if any, is at fault. */
+		/* EAGAIN, ENOBUFS: sendmmsg() may place some. Anything else:
+		 * it will tell which datagram, if any, is at fault. */
 		return 0;
 	}
 	r->r_stats.gso_sends++;
@@ -360,16 +383,17 @@ static int send_gso(struct udp_relay *r, struct flow *f, enum side i, int fd, st
 }
 
 /**
- * flow_send() - forward r_out[0..n), datagrams side @i sent on flow @f,
+ * uflow_send() - forward r_oiov[0..n), datagrams side @i sent on flow @f,
  * and record the traffic at @now
  *
  * Direction SIDE_CLIENT goes out of the flow's connected socket; direction
  * SIDE_BACKEND out of the listener, to the flow's client, from the address
- * the client sent to. Drops are counted, and warned about rate-limited;
- * see the theory of operation for which.
+ * the client sent to. What cannot go is dropped and counted (see the theory
+ * of operation for which), and a report armed; nothing is logged.
  */
-static void flow_send(struct udp_relay *r, struct flow *f, enum side i, unsigned n, uint64_t now)
+static void uflow_send(struct udp_relay *r, struct flow *f, enum side i, unsigned n, uint64_t now)
 {
+	struct udp_scratch *s = r->r_s;
 	int fd = i == SIDE_CLIENT ? f->f_fd : r->r_fd;
 	struct msghdr tmpl = { 0 };
 	unsigned k = 0, sent = 0, retries = 0;
@@ -389,32 +413,29 @@ static void flow_send(struct udp_relay *r, struct flow *f, enum side i, unsigned
 		if (ret == 1) {
 			k = sent = n;
 			for (unsigned j = 0; j < n; j++)
-				bytes += r->r_s->s_oiov[j].iov_len;
-			break;
+				bytes += s->s_oiov[j].iov_len;
 		}
-		if (ret == 0)
+		if (ret >= 0)
 			break;
-		err = -ret;
-		if (!error_is_icmp(err) || retries++) {
-			k = n; /* EAGAIN, ENOBUFS: the whole run is lost */
-			break;
-		}
-		/* A pending ICMP error, consumed by this send: count, and again. */
+		/* A pending ICMP error, consumed by this send: count, again. */
 		f->f_icmp++;
 		r->r_stats.icmp_errors++;
+		if (retries++ == ICMP_RETRIES)
+			break;
 	}
 	for (unsigned j = k; j < n; j++) {
-		struct msghdr *mh = &r->r_s->s_out[j].msg_hdr;
+		struct msghdr *mh = &s->s_out[j].msg_hdr;
 
 		*mh = tmpl;
-		mh->msg_iov = &r->r_s->s_oiov[j];
+		mh->msg_iov = &s->s_oiov[j];
 		mh->msg_iovlen = 1;
 	}
 	while (k < n) {
-		ret = sendmmsg(fd, r->r_s->s_out + k, n - k, MSG_DONTWAIT);
+		r->r_stats.sends[i]++;
+		ret = sendmmsg(fd, s->s_out + k, n - k, MSG_DONTWAIT);
 		if (ret > 0) {
 			for (unsigned j = k; j < k + (unsigned)ret; j++)
-				bytes += r->r_s->s_oiov[j].iov_len;
+				bytes += s->s_oiov[j].iov_len;
 			k += (unsigned)ret;
 			sent += (unsigned)ret;
 			continue;
@@ -422,15 +443,17 @@ static void flow_send(struct udp_relay *r, struct flow *f, enum side i, unsigned
 		err = ret < 0 ? errno : EAGAIN;
 		if (err == EINTR)
 			continue;
-		if (error_is_icmp(err) && retries++ < 2) {
+		if (i == SIDE_CLIENT && error_is_icmp(err)) {
 			f->f_icmp++;
 			r->r_stats.icmp_errors++;
-			continue;
+			if (retries++ < ICMP_RETRIES)
+				continue;
 		}
 		if (err == EAGAIN || err == ENOBUFS)
 			break;
 		/* This datagram cannot go (too big for the path, a firewall, an
-		 * address gone): skip it, the others may. */
+		 * address gone, an ICMP error past the retries): skip it, the
+		 * others may. */
 		k++;
 	}
 	r->r_stats.bytes[i] += bytes;
@@ -438,28 +461,145 @@ static void flow_send(struct udp_relay *r, struct flow *f, enum side i, unsigned
 	f->f_dgrams[i] += sent;
 	if (sent < n) {
 		r->r_stats.dropped[i] += n - sent;
-		log_limited(&r->r_warn_send, 10, LOG_LVL_WARN,
-			    "udp %s: %u of %u datagrams dropped: %s",
-			    i == SIDE_CLIENT ? "client->backend" : "backend->client", n - sent, n,
-			    strerror(err));
+		r->r_err_send[i] = err;
+		relay_dropped(r);
 	}
 }
 
-/* Point the receive headers at the slots, with (listener) or without
- * (flow) room for the sender's address and the pktinfo. */
+/* Send group @g of the listener batch to its flow's backend, and take it
+ * off the flow. */
+static void group_send(struct udp_relay *r, unsigned g, uint64_t now)
+{
+	struct udp_scratch *s = r->r_s;
+	struct udp_group *grp = &s->s_grp[g];
+	struct flow *f = grp->g_flow;
+	unsigned slot = grp->g_first;
+
+	for (unsigned j = 0; j < grp->g_n; j++, slot = s->s_next[slot]) {
+		s->s_oiov[j].iov_base = s->s_slots + (size_t)slot * UDP_SLOT;
+		s->s_oiov[j].iov_len = s->s_in[slot].msg_len;
+	}
+	grp->g_flow = NULL;
+	f->f_group = 0;
+	uflow_send(r, f, SIDE_CLIENT, grp->g_n, now);
+}
+
+/*
+ * Close the least recently used flow, which must exist, for @reason. If the
+ * listener batch being grouped holds datagrams for it, they go first: they
+ * came before the datagram that needs its room.
+ */
+static void relay_evict(struct udp_relay *r, const char *reason, uint64_t now)
+{
+	struct flow *f = (struct flow *)flow_table_oldest(&r->r_flows);
+
+	if (f->f_group)
+		group_send(r, f->f_group - 1, now);
+	r->r_stats.evicted++;
+	uflow_close(f, reason);
+}
+
+/* Make the flow socket. Out of descriptors (EMFILE, ENFILE) or of local
+ * ports (EADDRNOTAVAIL), give up the oldest flow's and try once more.
+ * Return: 0 with *fdp set, or -errno */
+static int uflow_socket(struct udp_relay *r, int *fdp, uint64_t now)
+{
+	int ret = sock_connect(SOCK_DGRAM, IPPROTO_UDP, &r->r_backend, fdp);
+
+	if ((ret == -EMFILE || ret == -ENFILE || ret == -EADDRNOTAVAIL) &&
+	    flow_table_oldest(&r->r_flows)) {
+		relay_evict(r,
+			    ret == -EADDRNOTAVAIL ? "evicted: out of local ports"
+						  : "evicted: out of descriptors",
+			    now);
+		ret = sock_connect(SOCK_DGRAM, IPPROTO_UDP, &r->r_backend, fdp);
+	}
+	return ret;
+}
+
+/**
+ * uflow_open() - a new flow for @key, from @client to @local, most recently
+ * used at @now
+ *
+ * All that can fail comes first; only then, at the cap, is the least
+ * recently used flow closed for room: a flow that cannot be opened costs no
+ * other flow its place.
+ * Return: the flow, or NULL with errno set (the caller drops the datagram
+ *         and counts it)
+ */
+static struct flow *uflow_open(struct udp_relay *r, const struct flow_key *key,
+			       const struct addr *client, const struct addr *local, uint64_t now)
+{
+	struct flow *f = calloc(1, sizeof(*f));
+	int ret;
+
+	if (!f)
+		return NULL;
+	f->f_relay = r;
+	ret = uflow_socket(r, &f->f_fd, now);
+	if (ret < 0)
+		goto fail_free;
+	sock_set_buffers(f->f_fd, FLOW_BUF, FLOW_BUF);
+	sock_rxq_ovfl_enable(f->f_fd); /* counting only: fine without */
+	f->f_ev = event_new(r->r_base, f->f_fd, EV_READ | EV_PERSIST, uflow_read, f);
+	if (!f->f_ev || event_add(f->f_ev, NULL) < 0) {
+		ret = -ENOMEM;
+		goto fail_close;
+	}
+	f->f_id = ++r->r_next_id;
+	f->f_node.fn_key = *key;
+	f->f_client = *client;
+	f->f_local = *local;
+	if (!addr_is_any(local))
+		f->f_ctllen = sock_pktinfo_put(f->f_ctl.buf, SOCK_PKTINFO_SPACE, local);
+	if (!r->r_opts.no_gso) {
+		f->f_gso_max[SIDE_CLIENT] = uflow_gso_max(f->f_fd, addr_family(&r->r_backend));
+		f->f_gso_max[SIDE_BACKEND] = gso_default(client);
+	}
+	if (flow_table_victim(&r->r_flows))
+		relay_evict(r, "evicted: least recently used at the flow cap", now);
+	flow_table_insert(&r->r_flows, &f->f_node, now); /* room was made above */
+	if (!evtimer_pending(r->r_timer, NULL))
+		relay_arm_expiry(r, now);
+	r->r_stats.flows++;
+	r->r_stats.active++;
+	if (log_on(LOG_LVL_DEBUG)) {
+		char cl[ADDR_STRLEN], be[ADDR_STRLEN], lo[ADDR_STRLEN];
+
+		log_debug("udp %s -> %s #%llu: new flow (to %s)",
+			  addr_format(client, cl, sizeof(cl)),
+			  addr_format(&r->r_backend, be, sizeof(be)), f->f_id,
+			  addr_format_ip(local, lo, sizeof(lo)));
+	}
+	return f;
+
+fail_close:
+	if (f->f_ev)
+		event_free(f->f_ev);
+	close(f->f_fd);
+fail_free:
+	free(f);
+	errno = -ret;
+	return NULL;
+}
+
+/* Point the receive headers at the slots and the control room, with
+ * (listener) or without (flow) room for the sender's address. */
 static void batch_prepare(struct udp_relay *r, bool listener)
 {
-	for (unsigned k = 0; k < UDP_BATCH; k++) {
-		struct msghdr *mh = &r->r_s->s_in[k].msg_hdr;
+	struct udp_scratch *s = r->r_s;
 
-		r->r_s->s_iov[k].iov_base = r->r_s->s_slots + k * UDP_SLOT;
-		r->r_s->s_iov[k].iov_len = r->r_slot;
-		mh->msg_iov = &r->r_s->s_iov[k];
+	for (unsigned k = 0; k < UDP_BATCH; k++) {
+		struct msghdr *mh = &s->s_in[k].msg_hdr;
+
+		s->s_iov[k].iov_base = s->s_slots + (size_t)k * UDP_SLOT;
+		s->s_iov[k].iov_len = r->r_slot;
+		mh->msg_iov = &s->s_iov[k];
 		mh->msg_iovlen = 1;
-		mh->msg_name = listener ? &r->r_s->s_from[k] : NULL;
-		mh->msg_namelen = listener ? sizeof(r->r_s->s_from[k]) : 0;
-		mh->msg_control = listener ? r->r_s->s_inctl[k].buf : NULL;
-		mh->msg_controllen = listener ? sizeof(r->r_s->s_inctl[k].buf) : 0;
+		mh->msg_name = listener ? &s->s_from[k] : NULL;
+		mh->msg_namelen = listener ? sizeof(s->s_from[k]) : 0;
+		mh->msg_control = s->s_inctl[k].buf;
+		mh->msg_controllen = sizeof(s->s_inctl[k].buf);
 		mh->msg_flags = 0;
 	}
 }
@@ -481,19 +621,20 @@ static int batch_recv(struct udp_relay *r, int fd, bool listener)
 	return n;
 }
 
-/* Queue slot @k, @len bytes, as the next datagram of the run in r_out. */
-static inline void run_add(struct udp_relay *r, unsigned *nout, unsigned k, size_t len)
+/* A receive failed with @err, not an ICMP error: count it for the report. */
+static void recv_failed(struct udp_relay *r, int err)
 {
-	r->r_s->s_oiov[*nout].iov_base = r->r_s->s_slots + k * UDP_SLOT;
-	r->r_s->s_oiov[*nout].iov_len = len;
-	(*nout)++;
+	r->r_stats.recv_errors++;
+	r->r_err_recv = err;
+	relay_dropped(r);
 }
 
 /* The flow socket has replies (or an error): forward one batch to the client. */
-static void flow_read(evutil_socket_t fd, short what, void *arg)
+static void uflow_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct flow *f = arg;
 	struct udp_relay *r = f->f_relay;
+	struct udp_scratch *s = r->r_s;
 	unsigned nout = 0;
 	int n;
 
@@ -504,29 +645,54 @@ static void flow_read(evutil_socket_t fd, short what, void *arg)
 			f->f_icmp++;
 			r->r_stats.icmp_errors++;
 		} else if (n < 0) {
-			log_limited(&r->r_warn_recv, 10, LOG_LVL_WARN, "udp flow #%llu: recv: %s",
-				    f->f_id, strerror(-n));
+			recv_failed(r, -n);
 		}
 		return;
 	}
-	for (int k = 0; k < n; k++) {
-		if (r->r_s->s_in[k].msg_hdr.msg_flags & MSG_TRUNC) {
+	rxq_account(r, &s->s_in[n - 1].msg_hdr, &f->f_rxq_drops);
+	for (unsigned k = 0; k < (unsigned)n; k++) {
+		const struct msghdr *mh = &s->s_in[k].msg_hdr;
+
+		if (mh->msg_flags & MSG_CTRUNC) {
+			r->r_stats.ctrunc++;
+			relay_dropped(r);
+		}
+		if (mh->msg_flags & MSG_TRUNC) {
 			r->r_stats.truncated[SIDE_BACKEND]++;
+			relay_dropped(r);
 			continue;
 		}
-		run_add(r, &nout, (unsigned)k, r->r_s->s_in[k].msg_len);
+		s->s_oiov[nout].iov_base = s->s_slots + (size_t)k * UDP_SLOT;
+		s->s_oiov[nout].iov_len = s->s_in[k].msg_len;
+		nout++;
 	}
 	if (nout)
-		flow_send(r, f, SIDE_BACKEND, nout, now_ms());
+		uflow_send(r, f, SIDE_BACKEND, nout, now_ms());
 }
 
-/* The listener has datagrams: forward one batch, each to its client's flow. */
+/* Append slot @k to group @g of the listener batch. */
+static inline void group_add(struct udp_scratch *s, unsigned g, unsigned k)
+{
+	struct udp_group *grp = &s->s_grp[g];
+
+	if (grp->g_n++)
+		s->s_next[grp->g_last] = k;
+	else
+		grp->g_first = k;
+	grp->g_last = k;
+}
+
+/*
+ * The listener has datagrams: group one batch by flow (opening flows for new
+ * clients), then send each flow's group with one call. Consecutive datagrams
+ * of one client, the common case, cost one key comparison each.
+ */
 static void listener_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct udp_relay *r = arg;
-	struct flow *run = NULL; /* the flow of the datagrams queued in r_out */
-	struct flow_key key;
-	unsigned nout = 0;
+	struct udp_scratch *s = r->r_s;
+	struct flow_key key, last;
+	unsigned ngroups = 0, cur = UDP_BATCH; /* the group of @last; UDP_BATCH: none */
 	uint64_t now;
 	int n;
 
@@ -534,42 +700,52 @@ static void listener_read(evutil_socket_t fd, short what, void *arg)
 	n = batch_recv(r, (int)fd, true);
 	if (n <= 0) {
 		if (n < 0)
-			log_limited(&r->r_warn_recv, 10, LOG_LVL_WARN, "udp listener: recv: %s",
-				    strerror(-n));
+			recv_failed(r, -n);
 		return;
 	}
+	rxq_account(r, &s->s_in[n - 1].msg_hdr, &r->r_rxq_drops);
 	now = now_ms();
-	for (int k = 0; k < n; k++) {
-		struct msghdr *mh = &r->r_s->s_in[k].msg_hdr;
+	for (unsigned k = 0; k < (unsigned)n; k++) {
+		struct msghdr *mh = &s->s_in[k].msg_hdr;
 		struct addr client, local;
+		struct flow *f;
 
+		if (mh->msg_flags & MSG_CTRUNC) {
+			r->r_stats.ctrunc++; /* its pktinfo may be missing: r_bound stands in */
+			relay_dropped(r);
+		}
 		if (mh->msg_flags & MSG_TRUNC) {
 			r->r_stats.truncated[SIDE_CLIENT]++;
+			relay_dropped(r);
 			continue;
 		}
 		if (addr_from_sockaddr(mh->msg_name, mh->msg_namelen, &client) < 0)
 			continue;
 		if (sock_pktinfo_local(mh, &local) < 0)
 			local = r->r_bound;
-		flow_key_make(&key, &client, &local);
-		if (!run || memcmp(&run->f_node.fn_key, &key, sizeof(key))) {
-			/* Another client: send what we have before a new flow
-			 * might evict the one it belongs to. */
-			if (nout)
-				flow_send(r, run, SIDE_CLIENT, nout, now);
-			nout = 0;
-			run = (struct flow *)flow_table_lookup(&r->r_flows, &key);
-			if (!run)
-				run = flow_open(r, &key, &client, &local, now);
-			if (!run) {
+		flow_table_key_make(&key, &client, &local);
+		if (cur == UDP_BATCH || memcmp(&key, &last, sizeof(key))) {
+			f = (struct flow *)flow_table_lookup(&r->r_flows, &key);
+			if (!f && !(f = uflow_open(r, &key, &client, &local, now))) {
 				r->r_stats.no_flow++;
+				r->r_err_flow = errno;
+				relay_dropped(r);
+				cur = UDP_BATCH;
 				continue;
 			}
+			if (!f->f_group) { /* first met in this batch */
+				s->s_grp[ngroups] = (struct udp_group){ .g_flow = f };
+				f->f_group = ++ngroups;
+				flow_table_touch(&r->r_flows, &f->f_node, now);
+			}
+			cur = f->f_group - 1;
+			last = key;
 		}
-		run_add(r, &nout, (unsigned)k, r->r_s->s_in[k].msg_len);
+		group_add(s, cur, k);
 	}
-	if (nout)
-		flow_send(r, run, SIDE_CLIENT, nout, now);
+	for (unsigned g = 0; g < ngroups; g++)
+		if (s->s_grp[g].g_flow)
+			group_send(r, g, now);
 }
 
 /*
@@ -602,16 +778,78 @@ static void relay_expire(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	for (unsigned budget = EXPIRE_BUDGET; budget; budget--) {
-		struct flow_node *n = flow_table_expired(&r->r_flows, now, r->r_opts.idle_timeout_ms);
+		struct flow_node *n =
+			flow_table_expired(&r->r_flows, now, r->r_opts.idle_timeout_ms);
 
 		if (!n)
 			break;
 		r->r_stats.expired++;
-		flow_close((struct flow *)n, "idle timeout");
+		uflow_close((struct flow *)n, "idle timeout");
 	}
 	/* With the budget spent, the next oldest is due already: the timer
 	 * fires again right after the traffic waiting now has been served. */
 	relay_arm_expiry(r, now);
+}
+
+/* Append a part to the report in @buf (@len bytes so far, @cap in all), a
+ * comma first unless it is the first. Return: the new length, at most @cap - 1 */
+static size_t __attribute__((format(printf, 4, 5)))
+report_part(char *buf, size_t len, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (len)
+		len += (size_t)snprintf(buf + len, cap - len, ", ");
+	if (len >= cap)
+		return cap - 1;
+	va_start(ap, fmt);
+	n = vsnprintf(buf + len, cap - len, fmt, ap);
+	va_end(ap);
+	len += n > 0 ? (size_t)n : 0;
+	return len < cap ? len : cap - 1;
+}
+
+/*
+ * The report timer, armed by the first drop since the last report: one
+ * warning with what was lost since then, and why, so that the hot path
+ * never logs and a flood of drops makes one line per REPORT_SECS.
+ */
+static void relay_report(evutil_socket_t fd, short what, void *arg)
+{
+	struct udp_relay *r = arg;
+	const struct udp_relay_stats *now = &r->r_stats, *was = &r->r_reported;
+	char line[512], lo[ADDR_STRLEN], be[ADDR_STRLEN];
+	unsigned long long d;
+	size_t len = 0;
+
+	(void)fd;
+	(void)what;
+	r->r_report_armed = false;
+	for (int i = 0; i < SIDES; i++) {
+		if ((d = now->dropped[i] - was->dropped[i]))
+			len = report_part(line, len, sizeof(line), "%llu not sent %s (%s)", d,
+					  i == SIDE_CLIENT ? "client->backend" : "backend->client",
+					  strerror(r->r_err_send[i]));
+	}
+	if ((d = now->no_flow - was->no_flow))
+		len = report_part(line, len, sizeof(line), "%llu without a flow (%s)", d,
+				  strerror(r->r_err_flow));
+	if ((d = now->kernel_drops - was->kernel_drops))
+		len = report_part(line, len, sizeof(line),
+				  "%llu dropped by the kernel (receive buffer full)", d);
+	if ((d = now->truncated[0] + now->truncated[1] - was->truncated[0] - was->truncated[1]))
+		len = report_part(line, len, sizeof(line), "%llu truncated", d);
+	if ((d = now->recv_errors - was->recv_errors))
+		len = report_part(line, len, sizeof(line), "%llu receive errors (%s)", d,
+				  strerror(r->r_err_recv));
+	if ((d = now->ctrunc - was->ctrunc))
+		len = report_part(line, len, sizeof(line), "%llu with control data cut", d);
+	r->r_reported = r->r_stats;
+	if (len)
+		log_warn("udp %s -> %s: datagrams lost since the last report: %s",
+			 addr_format(&r->r_bound, lo, sizeof(lo)),
+			 addr_format(&r->r_backend, be, sizeof(be)), line);
 }
 
 /* Take a reference to the shared scratch, making it first. Return: NULL on ENOMEM */
@@ -622,10 +860,7 @@ static struct udp_scratch *scratch_get(void)
 		if (!scratch)
 			return NULL;
 		scratch->s_slots = malloc((size_t)UDP_BATCH * UDP_SLOT);
-		scratch->s_gso = malloc(UDP_SLOT);
-		if (!scratch->s_slots || !scratch->s_gso) {
-			free(scratch->s_slots);
-			free(scratch->s_gso);
+		if (!scratch->s_slots) {
 			free(scratch);
 			scratch = NULL;
 			return NULL;
@@ -639,7 +874,6 @@ static void scratch_put(void)
 {
 	if (--scratch->s_users)
 		return;
-	free(scratch->s_gso);
 	free(scratch->s_slots);
 	free(scratch);
 	scratch = NULL;
@@ -651,7 +885,8 @@ static void scratch_put(void)
  *      success (udp_relay_free() closes it), the caller keeps it on failure
  * @opts: idle timeout (above 0) and flow cap (at least 1)
  *
- * Enables pktinfo on @fd and raises its buffers. A flow is closed when it
+ * Enables pktinfo and the kernel's drop count on @fd and raises its
+ * buffers. A flow is closed when it
  * has been idle for the timeout (to the millisecond, give or take a tick of
  * the coarse clock). @opts->slot_size below the largest datagram is for
  * tests of truncation only.
@@ -678,6 +913,7 @@ struct udp_relay *udp_relay_new(struct event_base *base, int fd, const struct ad
 	if ((ret = sock_local(fd, &r->r_bound)) < 0 || (ret = sock_pktinfo_enable(fd)) < 0)
 		goto fail;
 	sock_set_buffers(fd, LISTEN_BUF, LISTEN_BUF);
+	sock_rxq_ovfl_enable(fd); /* counting only: fine without */
 	if ((ret = flow_table_init(&r->r_flows, opts->max_flows)) < 0)
 		goto fail;
 	r->r_s = scratch_get();
@@ -686,11 +922,14 @@ struct udp_relay *udp_relay_new(struct event_base *base, int fd, const struct ad
 		goto fail_table;
 	r->r_ev = event_new(base, fd, EV_READ | EV_PERSIST, listener_read, r);
 	r->r_timer = evtimer_new(base, relay_expire, r);
-	if (!r->r_ev || !r->r_timer || event_add(r->r_ev, NULL) < 0)
+	r->r_report = evtimer_new(base, relay_report, r);
+	if (!r->r_ev || !r->r_timer || !r->r_report || event_add(r->r_ev, NULL) < 0)
 		goto fail_events;
 	return r;
 
 fail_events:
+	if (r->r_report)
+		event_free(r->r_report);
 	if (r->r_timer)
 		event_free(r->r_timer);
 	if (r->r_ev)
@@ -714,14 +953,16 @@ void udp_relay_free(struct udp_relay *r)
 	if (!r)
 		return;
 	while ((n = flow_table_oldest(&r->r_flows)))
-		flow_close((struct flow *)n, "shutting down");
+		uflow_close((struct flow *)n, "shutting down");
 	log_info("udp: %llu flows (%llu expired, %llu evicted); datagrams %llu in, %llu out; "
-		 "dropped %llu in, %llu out; truncated %llu in, %llu out; %llu ICMP errors",
+		 "dropped %llu in, %llu out; truncated %llu in, %llu out; %llu ICMP errors; "
+		 "%llu without a flow; %llu dropped by the kernel",
 		 r->r_stats.flows, r->r_stats.expired, r->r_stats.evicted,
 		 r->r_stats.dgrams[SIDE_CLIENT], r->r_stats.dgrams[SIDE_BACKEND],
 		 r->r_stats.dropped[SIDE_CLIENT], r->r_stats.dropped[SIDE_BACKEND],
 		 r->r_stats.truncated[SIDE_CLIENT], r->r_stats.truncated[SIDE_BACKEND],
-		 r->r_stats.icmp_errors);
+		 r->r_stats.icmp_errors, r->r_stats.no_flow, r->r_stats.kernel_drops);
+	event_free(r->r_report);
 	event_free(r->r_timer);
 	event_free(r->r_ev);
 	close(r->r_fd);
@@ -730,6 +971,10 @@ void udp_relay_free(struct udp_relay *r)
 	free(r);
 }
 
+/**
+ * udp_relay_stats() - copy the counters of @r into @st
+ * Return: nothing; @st holds the counts since udp_relay_new()
+ */
 void udp_relay_stats(const struct udp_relay *r, struct udp_relay_stats *st)
 {
 	*st = r->r_stats;

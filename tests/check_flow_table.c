@@ -30,7 +30,7 @@ static void node_v4(struct flow_node *n, unsigned host, uint16_t port)
 	memset(n, 0, sizeof(*n));
 	ck_assert_int_eq(addr_parse_ip(ip, port, &client), 0);
 	ck_assert_int_eq(addr_parse_ip("192.0.2.1", 53, &local), 0);
-	flow_key_make(&n->fn_key, &client, &local);
+	flow_table_key_make(&n->fn_key, &client, &local);
 }
 
 START_TEST(key_fields)
@@ -40,23 +40,23 @@ START_TEST(key_fields)
 
 	addr_parse_ip("10.0.0.1", 1000, &c1);
 	addr_parse_ip("192.0.2.1", 53, &l1);
-	flow_key_make(&a, &c1, &l1);
+	flow_table_key_make(&a, &c1, &l1);
 	/* The local port does not count: it is the listener's, always. */
 	addr_parse_ip("192.0.2.1", 54, &l2);
-	flow_key_make(&b, &c1, &l2);
+	flow_table_key_make(&b, &c1, &l2);
 	ck_assert_mem_eq(&a, &b, sizeof(a));
 	/* The client port does. */
 	addr_parse_ip("10.0.0.1", 1001, &c2);
-	flow_key_make(&b, &c2, &l1);
+	flow_table_key_make(&b, &c2, &l1);
 	ck_assert(memcmp(&a, &b, sizeof(a)) != 0);
 	/* So does the local address (a wildcard listener reached two ways). */
 	addr_parse_ip("192.0.2.2", 53, &l2);
-	flow_key_make(&b, &c1, &l2);
+	flow_table_key_make(&b, &c1, &l2);
 	ck_assert(memcmp(&a, &b, sizeof(a)) != 0);
 	/* And the family: ::ffff:10.0.0.1 is not 10.0.0.1. */
 	addr_parse_ip("::ffff:10.0.0.1", 1000, &c2);
 	addr_parse_ip("::ffff:192.0.2.1", 53, &l2);
-	flow_key_make(&b, &c2, &l2);
+	flow_table_key_make(&b, &c2, &l2);
 	ck_assert(memcmp(&a, &b, sizeof(a)) != 0);
 	/* An IPv6 client's scope tells link-local twins apart. */
 	addr_parse_ip("fe80::1", 1000, &c1);
@@ -64,8 +64,8 @@ START_TEST(key_fields)
 	c2 = c1;
 	c1.u.sin6.sin6_scope_id = 2;
 	c2.u.sin6.sin6_scope_id = 3;
-	flow_key_make(&a, &c1, &l1);
-	flow_key_make(&b, &c2, &l1);
+	flow_table_key_make(&a, &c1, &l1);
+	flow_table_key_make(&b, &c2, &l1);
 	ck_assert(memcmp(&a, &b, sizeof(a)) != 0);
 }
 END_TEST

@@ -8,21 +8,32 @@
  * (bind to port 0, read back); 127.0.0.2 and friends are loopback too,
  * which lets one wildcard listener be reached through several addresses.
  */
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <dirent.h>
 #include <unistd.h>
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "portproxy/sock.h"
 #include "portproxy/udp_relay.h"
@@ -32,6 +43,7 @@ static struct udp_relay *relay;
 static int backend = -1;     /* the "container" */
 static struct addr be_addr;  /* where it listens */
 static struct addr lst_addr; /* where the relay listens */
+static int lst_fd = -1;      /* the relay's listener (the relay owns it) */
 
 static long long mono_ms(void)
 {
@@ -152,6 +164,7 @@ static void start(const char *listen_ip, const char *backend_ip, struct udp_rela
 	ck_assert_ptr_nonnull(base);
 	backend = bound(backend_ip, 0, &be_addr);
 	fd = bound(listen_ip, 0, &lst_addr);
+	lst_fd = fd;
 	if (!o.idle_timeout_ms)
 		o.idle_timeout_ms = 90000;
 	if (!o.max_flows)
@@ -200,6 +213,97 @@ static void reply_through(int c, uint16_t port, size_t len, int fill)
 	n = recv_pump(c, in, sizeof(in), NULL, 2000);
 	ck_assert_msg(n == (ssize_t)len, "reply: got %zd of %zu bytes", n, len);
 	ck_assert(!memcmp(in, out, len));
+}
+
+/* Whether tests run in forked children (Check's default): only then may a
+ * test change its process for good (a seccomp filter, a network namespace). */
+static bool forked(void)
+{
+	const char *mode = getenv("CK_FORK");
+
+	if (mode && !strcmp(mode, "no")) {
+		fprintf(stderr, "skipped: needs CK_FORK (changes the test process for good)\n");
+		return false;
+	}
+	return true;
+}
+
+#if defined(__x86_64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/*
+ * Make system call @nr fail with @err from now on in this (forked) test
+ * process: on descriptor @fd only, or on any when @fd is -1. How a test
+ * has the kernel refuse what it would not refuse on loopback.
+ * Return: false when seccomp cannot do it here (the caller skips)
+ */
+static bool fail_syscall(long nr, int fd, int err)
+{
+#ifdef TEST_AUDIT_ARCH
+	/* The low 32 bits of args[0]: a descriptor is an int. */
+	const unsigned arg0 = offsetof(struct seccomp_data, args[0]) +
+			      (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? 4 : 0);
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, arg0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)fd, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K,
+			 fd < 0 ? SECCOMP_RET_ERRNO | (unsigned)err : SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+
+	if (!forked())
+		return false;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) {
+		fprintf(stderr, "skipped: no seccomp filter: %s\n", strerror(errno));
+		return false;
+	}
+	return true;
+#else
+	(void)nr;
+	(void)fd;
+	(void)err;
+	fprintf(stderr, "skipped: no seccomp test filter for this architecture\n");
+	return false;
+#endif
+}
+
+/*
+ * Move this (forked) test process into a network namespace of its own, its
+ * loopback up with an MTU of @mtu: a path like Ethernet's, on loopback.
+ * Return: false where that is not allowed (not root: the caller skips)
+ */
+static bool private_loopback(int mtu)
+{
+	struct ifreq ifr = { 0 };
+	int fd;
+
+	if (!forked())
+		return false;
+	if (unshare(CLONE_NEWNET) < 0) {
+		fprintf(stderr, "skipped: no network namespace: %s\n", strerror(errno));
+		return false;
+	}
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(fd, 0);
+	strcpy(ifr.ifr_name, "lo");
+	ifr.ifr_mtu = mtu;
+	ck_assert_int_eq(ioctl(fd, SIOCSIFMTU, &ifr), 0);
+	ck_assert_int_eq(ioctl(fd, SIOCGIFFLAGS, &ifr), 0);
+	ifr.ifr_flags |= IFF_UP;
+	ck_assert_int_eq(ioctl(fd, SIOCSIFFLAGS, &ifr), 0);
+	close(fd);
+	return true;
 }
 
 /* ---- pktinfo -------------------------------------------------------- */
@@ -254,6 +358,61 @@ START_TEST(pktinfo_absent_or_no_room)
 }
 END_TEST
 
+/* Append a @level/@type control message with @len bytes of @data to @mh. */
+static void cmsg_add(struct msghdr *mh, size_t room, int level, int type, const void *data,
+		     size_t len)
+{
+	struct cmsghdr *c = (struct cmsghdr *)((char *)mh->msg_control + mh->msg_controllen);
+
+	ck_assert_uint_le(mh->msg_controllen + CMSG_SPACE(len), room);
+	memset(c, 0, CMSG_SPACE(len));
+	c->cmsg_level = level;
+	c->cmsg_type = type;
+	c->cmsg_len = CMSG_LEN(len);
+	memcpy(CMSG_DATA(c), data, len);
+	mh->msg_controllen += CMSG_SPACE(len);
+}
+
+/*
+ * An IPv4 datagram on a dual-stack socket brings IPV6_PKTINFO with its
+ * header destination (here a broadcast address) and IP_PKTINFO with the
+ * address to answer from: the latter wins, IPv4-mapped, whichever comes
+ * first.
+ */
+START_TEST(pktinfo_dual_stack_prefers_spec_dst)
+{
+	union {
+		char buf[SOCK_PKTINFO_RECV_SPACE];
+		struct cmsghdr align;
+	} ctl;
+	struct in6_pktinfo pi6 = { .ipi6_ifindex = 1 };
+	struct in_pktinfo pi4 = { .ipi_ifindex = 1 };
+	struct msghdr mh = { .msg_control = ctl.buf };
+	struct addr got;
+	char s[ADDR_STRLEN];
+
+	inet_pton(AF_INET6, "::ffff:127.255.255.255", &pi6.ipi6_addr);
+	inet_pton(AF_INET, "127.0.0.1", &pi4.ipi_spec_dst);
+	inet_pton(AF_INET, "127.255.255.255", &pi4.ipi_addr);
+	for (int order = 0; order < 2; order++) {
+		mh.msg_controllen = 0;
+		if (order)
+			cmsg_add(&mh, sizeof(ctl), IPPROTO_IP, IP_PKTINFO, &pi4, sizeof(pi4));
+		cmsg_add(&mh, sizeof(ctl), IPPROTO_IPV6, IPV6_PKTINFO, &pi6, sizeof(pi6));
+		if (!order)
+			cmsg_add(&mh, sizeof(ctl), IPPROTO_IP, IP_PKTINFO, &pi4, sizeof(pi4));
+		ck_assert_int_eq(sock_pktinfo_local(&mh, &got), 0);
+		ck_assert_str_eq(addr_format(&got, s, sizeof(s)), "[::ffff:127.0.0.1]:0");
+	}
+	/* IPv6 proper on the same socket brings IPV6_PKTINFO alone. */
+	inet_pton(AF_INET6, "::1", &pi6.ipi6_addr);
+	mh.msg_controllen = 0;
+	cmsg_add(&mh, sizeof(ctl), IPPROTO_IPV6, IPV6_PKTINFO, &pi6, sizeof(pi6));
+	ck_assert_int_eq(sock_pktinfo_local(&mh, &got), 0);
+	ck_assert_str_eq(addr_format(&got, s, sizeof(s)), "[::1]:0");
+}
+END_TEST
+
 /*
  * On a real wildcard socket: the datagram says which of the loopback
  * addresses it was sent to, and a reply with that as its pktinfo source
@@ -267,13 +426,13 @@ static void pktinfo_live(const char *wild, const char *dst, bool dual)
 	} ctl;
 	char data[16], s[ADDR_STRLEN], want[ADDR_STRLEN];
 	struct sockaddr_storage from;
-	struct iovec iov = {data, sizeof(data)};
-	struct msghdr mh = {.msg_name = &from,
-			    .msg_namelen = sizeof(from),
-			    .msg_iov = &iov,
-			    .msg_iovlen = 1,
-			    .msg_control = ctl.buf,
-			    .msg_controllen = sizeof(ctl.buf)};
+	struct iovec iov = { data, sizeof(data) };
+	struct msghdr mh = { .msg_name = &from,
+			     .msg_namelen = sizeof(from),
+			     .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.buf,
+			     .msg_controllen = sizeof(ctl.buf) };
 	struct addr srv_addr, to, local;
 	struct pollfd p;
 	int srv, c, off = 0;
@@ -716,7 +875,7 @@ END_TEST
 /* Mixed sizes cannot be one GSO send: they go by sendmmsg, intact. */
 START_TEST(batch_mixed_sizes)
 {
-	size_t sizes[] = {100, 200, 100, 1, 1400, 7};
+	size_t sizes[] = { 100, 200, 100, 1, 1400, 7 };
 	char buf[2048];
 	uint16_t port;
 	int c;
@@ -734,6 +893,409 @@ START_TEST(batch_mixed_sizes)
 		ck_assert_int_eq(buf[0], (char)i);
 	}
 	(void)port;
+	close(c);
+	stop();
+}
+END_TEST
+
+/* Empty datagrams are datagrams too: a burst of them must not become one
+ * (UDP_SEGMENT with a gso_size of 0 would send all as a single one). */
+START_TEST(burst_of_empty_datagrams)
+{
+	struct udp_relay_stats st;
+	struct addr to;
+	char buf[16];
+	uint16_t port;
+	int c;
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ 0 });
+	c = client_to("127.0.0.1");
+	port = send_through(c, 1, 0);
+	burst(c, NULL, 10, 0, 0);
+	expect_burst(backend, 10, 0, 0, NULL);
+	to = be_addr;
+	addr_set_port(&to, port);
+	burst(backend, &to, 10, 0, 0);
+	expect_burst(c, 10, 0, 0, NULL);
+	ck_assert_int_lt(recv_pump(backend, buf, sizeof(buf), NULL, 100), 0);
+	ck_assert_int_lt(recv_pump(c, buf, sizeof(buf), NULL, 100), 0);
+	st = stats();
+	ck_assert_uint_eq(st.dgrams[0], 11);
+	ck_assert_uint_eq(st.dgrams[1], 10);
+	ck_assert_uint_eq(st.gso_sends, 0);
+	close(c);
+	stop();
+}
+END_TEST
+
+/*
+ * A broadcast to a dual-stack listener (what dockerd may pass as fd 4):
+ * the reply must come from the address the kernel names for answering
+ * (ipi_spec_dst), not from the broadcast address, which no datagram may
+ * come from.
+ */
+static void broadcast_roundtrip(bool dual)
+{
+	struct udp_relay_stats st;
+	struct addr want, to, from;
+	char buf[64], s[ADDR_STRLEN];
+	int fd, c, on = 1, off = 0;
+	ssize_t n;
+
+	base = event_base_new();
+	backend = bound("127.0.0.1", 0, &be_addr);
+	addr_parse_ip(dual ? "::" : "0.0.0.0", 0, &want);
+	fd = socket(addr_family(&want), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (dual)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+	ck_assert_int_eq(bind(fd, &want.u.sa, want.len), 0);
+	sock_local(fd, &lst_addr);
+	relay = udp_relay_new(base, fd, &be_addr,
+			      &(struct udp_relay_opts){ .idle_timeout_ms = 9000, .max_flows = 4 });
+	ck_assert_ptr_nonnull(relay);
+	c = bound("127.0.0.1", 0, NULL);
+	ck_assert_int_eq(setsockopt(c, SOL_SOCKET, SO_BROADCAST, &on, sizeof(on)), 0);
+	addr_parse_ip("127.255.255.255", addr_port(&lst_addr), &to);
+	ck_assert_int_eq(sendto(c, "hello?", 6, 0, &to.u.sa, to.len), 6);
+	ck_assert_int_eq(recv_pump(backend, buf, sizeof(buf), &from, 2000), 6);
+	ck_assert_int_eq(sendto(backend, "reply", 5, 0, &from.u.sa, from.len), 5);
+	n = recv_pump(c, buf, sizeof(buf), &from, 2000);
+	ck_assert_msg(n == 5, "no reply to a broadcast (dual-stack %d)", dual);
+	ck_assert_str_eq(addr_format_ip(&from, s, sizeof(s)), "127.0.0.1");
+	ck_assert_uint_eq(addr_port(&from), addr_port(&lst_addr));
+	st = stats();
+	ck_assert_uint_eq(st.dropped[1], 0);
+	ck_assert_uint_eq(st.icmp_errors, 0);
+	close(c);
+	stop();
+}
+
+START_TEST(broadcast_v4_listener)
+{
+	broadcast_roundtrip(false);
+}
+END_TEST
+
+START_TEST(broadcast_dual_stack_listener)
+{
+	if (!have_ipv6())
+		return;
+	broadcast_roundtrip(true);
+}
+END_TEST
+
+static unsigned long long want_dropped_back;
+
+static bool dropped_back(void)
+{
+	return stats().dropped[1] >= want_dropped_back;
+}
+
+/*
+ * The listener is not connected: ENETUNREACH or EACCES from it are refusals
+ * of the datagram at hand, not ICMP errors about an earlier one. Dropped and
+ * counted as drops, never retried as ICMP.
+ */
+START_TEST(listener_refusal_is_not_icmp)
+{
+	struct udp_relay_stats st;
+	struct addr to;
+	uint16_t port;
+	int c;
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ 0 });
+	c = client_to("127.0.0.1");
+	port = send_through(c, 10, 'a');
+	if (!fail_syscall(SYS_sendmmsg, lst_fd, ENETUNREACH) ||
+	    !fail_syscall(SYS_sendmsg, lst_fd, EACCES))
+		goto out;
+	to = be_addr;
+	addr_set_port(&to, port);
+	burst(backend, &to, 1, 100, 100);
+	want_dropped_back = 1;
+	ck_assert(pump_until(dropped_back, 2000));
+	burst(backend, &to, 5, 100, 100); /* a GSO candidate */
+	want_dropped_back = 6;
+	ck_assert(pump_until(dropped_back, 2000));
+	st = stats();
+	ck_assert_uint_eq(st.dropped[1], 6);
+	ck_assert_uint_eq(st.dgrams[1], 0);
+	ck_assert_uint_eq(st.icmp_errors, 0);
+	ck_assert_uint_eq(st.active, 1);
+	ck_assert_uint_eq(send_through(c, 10, 'b'), port); /* the flow goes on */
+out:
+	close(c);
+	stop();
+}
+END_TEST
+
+static bool one_without_flow(void)
+{
+	return stats().no_flow == 1;
+}
+
+/* A flow that cannot be opened costs no other flow its place at the cap. */
+START_TEST(failed_open_evicts_nobody)
+{
+	struct udp_relay_stats st;
+	uint16_t pa;
+	int a, b;
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ .max_flows = 1 });
+	a = client_to("127.0.0.1");
+	b = client_to("127.0.0.1");
+	pa = send_through(a, 10, 'a');
+	if (!fail_syscall(SYS_connect, -1, ENETUNREACH))
+		goto out;
+	ck_assert_int_eq(send(b, "b", 1, 0), 1);
+	ck_assert(pump_until(one_without_flow, 2000));
+	st = stats();
+	ck_assert_uint_eq(st.evicted, 0);
+	ck_assert_uint_eq(st.active, 1);
+	ck_assert_uint_eq(send_through(a, 10, 'a'), pa);
+	reply_through(a, pa, 10, 'r');
+out:
+	close(a);
+	close(b);
+	stop();
+}
+END_TEST
+
+/*
+ * Eight clients, their datagrams interleaved in one batch: each flow's go
+ * out with one call (not one per datagram), in order, from its own port.
+ */
+static void interleaved(bool no_gso)
+{
+	enum { CLIENTS = 8, ROUNDS = 4 };
+	struct udp_relay_stats st0, st;
+	uint16_t port[CLIENTS];
+	unsigned next[CLIENTS] = { 0 };
+	int c[CLIENTS];
+	char buf[128];
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ .no_gso = no_gso });
+	for (int i = 0; i < CLIENTS; i++) {
+		c[i] = client_to("127.0.0.1");
+		port[i] = send_through(c[i], 1, i);
+	}
+	st0 = stats();
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int i = 0; i < CLIENTS; i++) {
+			memset(buf, 'x', 64);
+			buf[0] = (char)i;
+			buf[1] = (char)r;
+			ck_assert_int_eq(send(c[i], buf, 64, 0), 64);
+		}
+	}
+	for (int k = 0; k < CLIENTS * ROUNDS; k++) {
+		struct addr from;
+		int i;
+
+		ck_assert_int_eq(recv_pump(backend, buf, sizeof(buf), &from, 2000), 64);
+		i = buf[0];
+		ck_assert_int_lt(i, CLIENTS);
+		ck_assert_uint_eq(addr_port(&from), port[i]);
+		ck_assert_int_eq(buf[1], (char)next[i]); /* each flow in order */
+		next[i]++;
+	}
+	st = stats();
+	ck_assert_uint_eq(st.dgrams[0] - st0.dgrams[0], CLIENTS * ROUNDS);
+	ck_assert_uint_eq(st.sends[0] - st0.sends[0], CLIENTS);
+	ck_assert_uint_eq(st.gso_sends - st0.gso_sends, no_gso ? 0 : CLIENTS);
+	for (int i = 0; i < CLIENTS; i++)
+		close(c[i]);
+	stop();
+}
+
+START_TEST(interleaved_clients_gso)
+{
+	interleaved(false);
+}
+END_TEST
+
+START_TEST(interleaved_clients_no_gso)
+{
+	interleaved(true);
+}
+END_TEST
+
+/* With a cap below the clients in one batch, flows are evicted while the
+ * batch is sorted: every datagram still goes, each client's in order. */
+START_TEST(interleaved_clients_small_cap)
+{
+	enum { CLIENTS = 3, ROUNDS = 10 };
+	unsigned next[CLIENTS] = { 0 };
+	int c[CLIENTS];
+	char buf[128];
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ .max_flows = 2 });
+	for (int i = 0; i < CLIENTS; i++)
+		c[i] = client_to("127.0.0.1");
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int i = 0; i < CLIENTS; i++) {
+			buf[0] = (char)i;
+			buf[1] = (char)r;
+			ck_assert_int_eq(send(c[i], buf, 2, 0), 2);
+		}
+	}
+	for (int k = 0; k < CLIENTS * ROUNDS; k++) {
+		ck_assert_int_eq(recv_pump(backend, buf, sizeof(buf), NULL, 2000), 2);
+		ck_assert_int_eq(buf[1], (char)next[(int)buf[0]]);
+		next[(int)buf[0]]++;
+	}
+	ck_assert_uint_eq(stats().dropped[0], 0);
+	ck_assert_uint_le(stats().active, 2);
+	for (int i = 0; i < CLIENTS; i++)
+		close(c[i]);
+	stop();
+}
+END_TEST
+
+/*
+ * Across a 1500-byte MTU path: replies go out with UDP_SEGMENT only when
+ * their size fits that path (1452 bytes over IPv6, 1472 over IPv4), and no
+ * send is spent on a GSO attempt bound to fail.
+ */
+static void gso_fits_mtu(const char *ip, size_t too_big, size_t fits)
+{
+	struct udp_relay_stats st0, st;
+	struct addr to;
+	uint16_t port;
+	int c;
+
+	start(ip, ip, (struct udp_relay_opts){ 0 });
+	c = client_to(ip);
+	port = send_through(c, 1, 0);
+	to = be_addr;
+	addr_set_port(&to, port);
+	st0 = stats();
+	burst(backend, &to, 20, too_big, too_big);
+	expect_burst(c, 20, too_big, too_big, NULL);
+	st = stats();
+	ck_assert_uint_eq(st.sends[1] - st0.sends[1], 1); /* sendmmsg() alone */
+	ck_assert_uint_eq(st.gso_sends - st0.gso_sends, 0);
+	st0 = st;
+	burst(backend, &to, 20, fits, fits);
+	expect_burst(c, 20, fits, fits, NULL);
+	st = stats();
+	ck_assert_uint_eq(st.sends[1] - st0.sends[1], 1);
+	ck_assert_uint_eq(st.gso_sends - st0.gso_sends, 1);
+	ck_assert_uint_eq(st.dropped[1], 0);
+	close(c);
+	stop();
+}
+
+START_TEST(gso_v6_fits_1500_mtu)
+{
+	if (!private_loopback(1500) || !have_ipv6())
+		return;
+	gso_fits_mtu("::1", 1460, 1452);
+}
+END_TEST
+
+START_TEST(gso_v4_fits_1500_mtu)
+{
+	if (!private_loopback(1500))
+		return;
+	gso_fits_mtu("127.0.0.1", 1473, 1472);
+}
+END_TEST
+
+/* A GSO send that finds no room (EAGAIN) loses nothing: sendmmsg() takes
+ * the group instead. */
+START_TEST(gso_eagain_falls_back)
+{
+	struct udp_relay_stats st;
+	struct addr to;
+	uint16_t port;
+	int c;
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ 0 });
+	c = client_to("127.0.0.1");
+	port = send_through(c, 1, 0);
+	if (!fail_syscall(SYS_sendmsg, -1, EAGAIN))
+		goto out;
+	burst(c, NULL, 20, 100, 100);
+	expect_burst(backend, 20, 100, 100, NULL);
+	to = be_addr;
+	addr_set_port(&to, port);
+	burst(backend, &to, 20, 100, 100);
+	expect_burst(c, 20, 100, 100, NULL);
+	st = stats();
+	ck_assert_uint_eq(st.dropped[0] + st.dropped[1], 0);
+	ck_assert_uint_eq(st.gso_sends, 0);
+	ck_assert_uint_eq(st.dgrams[0], 21);
+	ck_assert_uint_eq(st.dgrams[1], 20);
+out:
+	close(c);
+	stop();
+}
+END_TEST
+
+/* The descriptor of the flow socket connected to the backend from @port. */
+static int flow_fd(uint16_t port)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		struct addr local, peer;
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+
+		if (fd == lst_fd || fd == backend || sock_local(fd, &local) < 0 ||
+		    getpeername(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+		    addr_from_sockaddr((struct sockaddr *)&ss, sl, &peer) < 0)
+			continue;
+		if (addr_port(&local) == port && addr_equal(&peer, &be_addr))
+			return fd;
+	}
+	ck_abort_msg("no flow socket from port %u", port);
+	return -1;
+}
+
+/* Receive datagrams on @fd until none comes for 300 ms. Return: how many */
+static unsigned drain(int fd)
+{
+	char buf[2048];
+	unsigned n = 0;
+
+	while (recv_pump(fd, buf, sizeof(buf), NULL, 300) >= 0)
+		n++;
+	return n;
+}
+
+/*
+ * What the kernel drops at the relay's own sockets (receive buffer full) is
+ * counted: the listener's and the flows'. The count rides on the next
+ * datagram the socket receives (SO_RXQ_OVFL).
+ */
+START_TEST(kernel_drops_counted)
+{
+	int small = 4096, c, ffd;
+	unsigned got;
+	struct addr to;
+	uint16_t port;
+
+	start("127.0.0.1", "127.0.0.1", (struct udp_relay_opts){ 0 });
+	c = client_to("127.0.0.1");
+	port = send_through(c, 10, 'a');
+	ck_assert_uint_eq(stats().kernel_drops, 0);
+
+	ck_assert_int_eq(setsockopt(lst_fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	burst(c, NULL, 50, 1000, 1000);
+	got = drain(backend);
+	ck_assert_uint_lt(got, 50);
+	send_through(c, 10, 'b');
+	ck_assert_uint_eq(stats().kernel_drops, 50 - got);
+
+	ffd = flow_fd(port);
+	ck_assert_int_eq(setsockopt(ffd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	to = be_addr;
+	addr_set_port(&to, port);
+	burst(backend, &to, 50, 1000, 1000);
+	got += drain(c);
+	ck_assert_uint_lt(got, 100);
+	reply_through(c, port, 10, 'c');
+	ck_assert_uint_eq(stats().kernel_drops, 100 - got);
 	close(c);
 	stop();
 }
@@ -818,6 +1380,7 @@ static Suite *udp_relay_suite(void)
 	tcase_add_test(pk, pktinfo_live_v4);
 	tcase_add_test(pk, pktinfo_live_v6);
 	tcase_add_test(pk, pktinfo_live_dual_stack);
+	tcase_add_test(pk, pktinfo_dual_stack_prefers_spec_dst);
 	tcase_add_test(echo, echo_wildcard_v4);
 	tcase_add_test(echo, echo_v6_to_v4_backend);
 	tcase_add_test(echo, echo_dual_stack_listener);
@@ -825,6 +1388,9 @@ static Suite *udp_relay_suite(void)
 	tcase_add_test(echo, largest_datagram_v4);
 	tcase_add_test(echo, largest_datagram_v6);
 	tcase_add_test(echo, truncated_dropped);
+	tcase_add_test(echo, burst_of_empty_datagrams);
+	tcase_add_test(echo, broadcast_v4_listener);
+	tcase_add_test(echo, broadcast_dual_stack_listener);
 	tcase_add_test(life, idle_expiry);
 	tcase_add_test(life, replies_refresh);
 	tcase_add_test(life, eviction_lru);
@@ -832,10 +1398,19 @@ static Suite *udp_relay_suite(void)
 	tcase_add_test(life, free_closes_all);
 	tcase_add_test(life, new_rejects_bad_opts);
 	tcase_add_test(life, two_relays_share_scratch);
+	tcase_add_test(life, listener_refusal_is_not_icmp);
+	tcase_add_test(life, failed_open_evicts_nobody);
+	tcase_add_test(life, kernel_drops_counted);
 	tcase_add_test(batch, batch_gso_equal);
 	tcase_add_test(batch, batch_gso_short_last);
 	tcase_add_test(batch, batch_no_gso);
 	tcase_add_test(batch, batch_mixed_sizes);
+	tcase_add_test(batch, interleaved_clients_gso);
+	tcase_add_test(batch, interleaved_clients_no_gso);
+	tcase_add_test(batch, interleaved_clients_small_cap);
+	tcase_add_test(batch, gso_v6_fits_1500_mtu);
+	tcase_add_test(batch, gso_v4_fits_1500_mtu);
+	tcase_add_test(batch, gso_eagain_falls_back);
 	tcase_set_timeout(life, 20);
 	suite_add_tcase(s, pk);
 	suite_add_tcase(s, echo);

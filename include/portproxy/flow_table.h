@@ -30,7 +30,7 @@ struct flow_node {
 	struct flow_node *fn_hnext; /* hash chain */
 	struct flow_node *fn_newer; /* LRU list, towards the most recent */
 	struct flow_node *fn_older; /* LRU list, towards the least recent */
-	uint64_t fn_used_ms;	    /* last traffic in either direction */
+	uint64_t fn_used_ms;        /* last traffic in either direction */
 	uint64_t fn_hash;
 };
 
@@ -52,7 +52,7 @@ struct flow_table {
 
 int flow_table_init(struct flow_table *t, unsigned cap);
 void flow_table_fini(struct flow_table *t);
-void flow_key_make(struct flow_key *k, const struct addr *client, const struct addr *local);
+void flow_table_key_make(struct flow_key *k, const struct addr *client, const struct addr *local);
 struct flow_node *flow_table_lookup(const struct flow_table *t, const struct flow_key *k);
 int flow_table_insert(struct flow_table *t, struct flow_node *n, uint64_t now_ms);
 void flow_table_remove(struct flow_table *t, struct flow_node *n);

@@ -518,6 +518,23 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def vm_rss_kib(pid):
+    """Resident memory of pid, in KiB (VmRSS from /proc/PID/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError("no VmRSS line")
+
+
+def under_asan(pid):
+    """Whether pid runs with AddressSanitizer's shared runtime (gcc's libasan, clang's
+    libclang_rt.asan). ASan keeps freed memory in quarantine (up to 256 MiB): RSS bounds mean
+    nothing there."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libasan" in line or "libclang_rt.asan" in line for line in f)
+
+
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 

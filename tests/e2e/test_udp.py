@@ -39,21 +39,6 @@ def note(fmt, *args):
     sys.stderr.write("    [measured] " + (fmt % args) + "\n")
 
 
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise ValueError("no VmRSS line")
-
-
-def under_asan(pid):
-    """AddressSanitizer keeps freed memory in quarantine (up to 256 MiB): RSS bounds mean
-    nothing there."""
-    with open("/proc/%d/maps" % pid) as f:
-        return any("libasan" in line for line in f)
-
-
 class UdpBackend:
     """A UDP server in a thread on host:port (0 = pick one): echoes every datagram (echo=True)
     or just records it. Records (source address, length, first 16 bytes) in .seen, bounded.
@@ -126,6 +111,39 @@ def udp_client(host, port, connect=True, bind_ip=None):
     if connect:
         s.connect((host, port))
     return s
+
+
+def recv_burst(sock, n, timeout=5.0):
+    """Receive up to n datagrams on sock, waiting `timeout` s at most in all. Returns them in
+    the order they came (fewer than n if the time ran out)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(65536))
+        except socket.timeout:
+            break
+    return got
+
+
+def udp_socket_drops(pid):
+    """The kernel's drop counts (/proc/net/udp{,6}, the drops column) of pid's UDP sockets,
+    summed: what the proxy's own sockets lost to a full receive buffer."""
+    inodes = set()
+    for name in os.listdir("/proc/%d/fd" % pid):
+        with contextlib.suppress(OSError):
+            link = os.readlink("/proc/%d/fd/%s" % (pid, name))
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    total = 0
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[9]) in inodes:
+                    total += int(fields[-1])
+    return total
 
 
 def exchange(sock, payload, timeout=2.0, tries=3, to=None):
@@ -329,16 +347,22 @@ class TestSizes(UdpTestCase):
             msgs = [bytes([i]) * size for i in range(64)]
             for m in msgs:
                 c.send(m)
-            got = []
-            deadline = time.monotonic() + 5
-            while len(got) < len(msgs) and time.monotonic() < deadline:
-                c.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    got.append(c.recv(65536))
-                except socket.timeout:
-                    break
+            got = recv_burst(c, len(msgs))
             self.assertEqual(len(got), len(msgs), "%d-byte burst: datagrams back" % size)
             self.assertEqual(sorted(got), msgs, "%d-byte burst: contents" % size)
+
+    def test_burst_of_empty_datagrams(self):
+        """Empty datagrams sent back to back stay as many datagrams, both ways (a UDP_SEGMENT
+        send with a segment size of 0 would make them one)."""
+        be = self.backend()
+        p = self.start_proxy(be.port)
+        c = self.client("127.0.0.1", p.port)
+        self.assert_echo(c, b"open", "the flow first")
+        for _ in range(10):
+            c.send(b"")
+        got = recv_burst(c, 11, timeout=2.0)
+        self.assertEqual(got, [b""] * 10, "10 empty datagrams echoed through the proxy")
+        self.assertEqual(be.count, 11, "datagrams at the backend (1 + 10 empty)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,7 +461,7 @@ class TestFlows(UdpTestCase):
         p = self.start_proxy(be.port, extra=["-udp-max-flows", str(cap)])
         c = self.client("127.0.0.1", p.port)
         self.assert_echo(c, b"before", "before the flood")
-        base_fds, rss0 = p.fd_count(), vm_rss_kib(p.pid)
+        base_fds, rss0 = p.fd_count(), pp.vm_rss_kib(p.pid)
         max_fds, rss = base_fds, []
         t0, cpu0 = time.monotonic(), p.cpu_seconds()
         sent = 0
@@ -459,14 +483,14 @@ class TestFlows(UdpTestCase):
                 for s in socks:
                     s.close()
             max_fds = max(max_fds, p.fd_count())
-            rss.append(vm_rss_kib(p.pid))
+            rss.append(pp.vm_rss_kib(p.pid))
         secs, cpu = time.monotonic() - t0, p.cpu_seconds() - cpu0
         self.assertTrue(p.alive(), "proxy died in the flood: %s" % p.describe())
         note("flood: %d datagrams from distinct addresses in %.2f s; backend got %d; proxy "
              "CPU %.2f s; fds %d -> max %d; VmRSS %d KiB -> %r KiB", sent, secs, be.count, cpu,
              base_fds, max_fds, rss0, rss)
         self.assertLessEqual(max_fds, base_fds + cap + 8, "flow sockets beyond the cap")
-        if under_asan(p.pid):
+        if pp.under_asan(p.pid):
             note("flood: VmRSS not checked under AddressSanitizer (quarantine)")
         else:
             self.assertLess(rss[-1] - rss0, 16 * 1024, "VmRSS grew by more than 16 MiB")
@@ -481,6 +505,46 @@ class TestFlows(UdpTestCase):
         fresh = self.client("127.0.0.1", p.port, bind_ip="127.0.0.77")
         self.assert_echo(fresh, b"after the flood", "a fresh client after the flood")
         self.assert_echo(c, b"old client", "the first client (its flow evicted) again")
+
+    def test_drops_at_the_proxy_are_counted(self):
+        """What the kernel drops at the proxy's own sockets (receive buffer full while the proxy
+        is stopped) shows in its exit summary, exactly as /proc/net/udp counts it."""
+        be = self.backend()
+        p = self.start_proxy(be.port, stdio_null=False)
+        c = self.client("127.0.0.1", p.port)
+        c.setblocking(False)
+        self.assertEqual(udp_socket_drops(p.pid), 0)
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            for _ in range(30000):
+                with contextlib.suppress(BlockingIOError):
+                    c.send(b"x" * 64)
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        self.assertTrue(pp.wait_until(lambda: udp_socket_drops(p.pid) > 0, 3),
+                        "no drops at the proxy: the flood fitted its buffer")
+        # Let the backlog drain (echoes included), then one exchange: its datagrams carry the
+        # drop counts of the listener and the flow socket to the proxy.
+        last, still_since, deadline = -1, time.monotonic(), time.monotonic() + 60
+        while time.monotonic() < deadline and time.monotonic() - still_since < 0.5:
+            if be.count != last:
+                last, still_since = be.count, time.monotonic()
+            time.sleep(0.05)
+        c.setblocking(True)
+        while True:  # the echoes of the flood still queued at the client
+            try:
+                c.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        drops = udp_socket_drops(p.pid)
+        self.assert_echo(c, b"after", "after the flood")
+        self.assertEqual(p.stop(), 0)
+        summary = [ln for ln in p.stderr_text().splitlines() if "dropped by the kernel" in ln]
+        self.assertEqual(len(summary), 1, p.stderr_text()[-2000:])
+        counted = int(summary[0].split(" dropped by the kernel")[0].rsplit(" ", 1)[1])
+        note("flood at a stopped proxy: %d dropped at its sockets, %d in its summary",
+             drops, counted)
+        self.assertEqual(counted, drops)
 
     def test_flows_at_cap_evict_least_recently_used(self):
         be = self.backend()
@@ -555,6 +619,24 @@ class TestListenFd(UdpTestCase):
             self.assert_echo(self.client(ip, p.port), b"dual " + ip.encode(),
                              "dual-stack fd 4 via %s (connected)" % ip)
         self.assert_echo(self.client("::1", p.port), b"dual v6", "dual-stack fd 4 via ::1")
+
+    def test_dual_stack_socket_on_fd4_broadcast(self):
+        """A broadcast to a dual-stack fd 4 is answered from the address the kernel names for
+        it (ipi_spec_dst), as on a plain IPv4 socket: a broadcast address is no source."""
+        self.need_v6()
+        be = self.backend()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            u = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            u.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            p = self.spawn_with_fd(u, be.port,
+                                   host_ip="::" if family == socket.AF_INET6 else "0.0.0.0")
+            self.assertEqual(p.status, "0", p.describe())
+            c = self.client("127.0.0.1", p.port, connect=False, bind_ip="127.0.0.1")
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            self.assert_echo(c, b"anyone?", "broadcast to %s fd 4" % family.name,
+                             src=("127.0.0.1", p.port), to=("127.255.255.255", p.port))
 
     def test_unbound_udp_socket_rejected(self):
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -669,15 +751,7 @@ class TestNetns(UdpTestCase):
         msgs = [bytes([i]) * 1000 for i in range(32)]
         for m in msgs:
             c.send(m)
-        got = []
-        deadline = time.monotonic() + 5
-        while len(got) < len(msgs) and time.monotonic() < deadline:
-            c.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                got.append(c.recv(65536))
-            except socket.timeout:
-                break
-        self.assertEqual(sorted(got), msgs, "burst through the namespace")
+        self.assertEqual(sorted(recv_burst(c, len(msgs))), msgs, "burst through the namespace")
 
     def test_backend_in_netns_ipv4(self):
         ns = self.netns()
