@@ -154,7 +154,8 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 			 * IPv6-only socket could not bind it. */
 			char v4[INET_ADDRSTRLEN];
 
-			inet_ntop(AF_INET, &out->ps_ip.u.sin6.sin6_addr.s6_addr[12], v4, sizeof(v4));
+			inet_ntop(AF_INET, &out->ps_ip.u.sin6.sin6_addr.s6_addr[12], v4,
+				  sizeof(v4));
 			addr_parse_ip(v4, 0, &out->ps_ip);
 		}
 	}
@@ -170,8 +171,8 @@ int spec_parse_publish(const char *s, struct port_spec *out, char *err, size_t e
 				   "one)");
 		/* Host port 0, as Docker reads it, is a random one. */
 		if (hlen && !(hlen == 1 && ports[0] == '0') &&
-		    check_ports(s, "host", ports, hlen, &out->ps_host_first, &out->ps_host_last, err,
-				errlen) < 0)
+		    check_ports(s, "host", ports, hlen, &out->ps_host_first, &out->ps_host_last,
+				err, errlen) < 0)
 			return -EINVAL;
 		len -= hlen + 1;
 		ports = colon + 1;
