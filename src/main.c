@@ -212,54 +212,45 @@ static void start_service(struct proxy *p, struct binding *b, struct service *sv
 	};
 	char where[ADDR_STRLEN];
 
+	void *relay = NULL;
+	listener_accept_fn accept_fn = NULL;
+	int err = ENOMEM;
+
 	switch (b->b_proto) {
 	case IPPROTO_TCP:
 		/* Accepted sockets inherit TCP_NODELAY and keepalive from the
 		 * listener: set once here, not twice per connection. */
 		sock_tune_tcp(b->b_fd);
-		sv->sv_tcp = tcp_relay_new(p->base, &b->b_backend, &opts);
-		sv->sv_listener =
-			sv->sv_tcp ? listener_new(p->base, b->b_fd, tcp_relay_accept, sv->sv_tcp)
-				   : NULL;
-		if (!sv->sv_listener)
-			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
-			    addr_format(&b->b_host, where, sizeof(where)));
-		b->b_fd = -1; /* the listener owns it now */
+		relay = sv->sv_tcp = tcp_relay_new(p->base, &b->b_backend, &opts);
+		accept_fn = tcp_relay_accept;
+		break;
+	case IPPROTO_SCTP:
+		sock_tune_sctp(b->b_fd); /* the streams its associations offer */
+		relay = sv->sv_sctp = sctp_relay_new(p->base, &b->b_backend);
+		accept_fn = sctp_relay_accept;
 		break;
 	case IPPROTO_UDP: {
 		struct udp_relay_opts uo = {
 			.idle_timeout_ms = p->cfg.udp_timeout_ms,
 			.max_flows = p->cfg.udp_max_flows,
 		};
+
+		relay = sv->sv_udp = udp_relay_new(p->base, b->b_fd, &b->b_backend, &uo);
+		err = errno;
+		break;
+	}
+	}
+	/* Stream protocols accept through a listener; UDP's relay reads the socket. */
+	if (relay && accept_fn &&
+	    !(sv->sv_listener = listener_new(p->base, b->b_fd, accept_fn, relay)))
+		relay = NULL;
+	if (!relay) {
 		char eb[128];
 
-		sv->sv_udp = udp_relay_new(p->base, b->b_fd, &b->b_backend, &uo);
-		if (!sv->sv_udp) {
-			int err = errno;
-
-			die(p, "listen %s %s: %s", addr_netname(b->b_proto, &b->b_host),
-			    addr_format(&b->b_host, where, sizeof(where)),
-			    errtext(err, eb, sizeof(eb)));
-		}
-		b->b_fd = -1; /* the relay owns it now */
-		break;
+		die(p, "listen %s %s: %s", addr_netname(b->b_proto, &b->b_host),
+		    addr_format(&b->b_host, where, sizeof(where)), errtext(err, eb, sizeof(eb)));
 	}
-	case IPPROTO_SCTP:
-		sock_tune_sctp(b->b_fd); /* the streams its associations offer */
-		sv->sv_sctp = sctp_relay_new(p->base, &b->b_backend);
-		sv->sv_listener =
-			sv->sv_sctp ? listener_new(p->base, b->b_fd, sctp_relay_accept, sv->sv_sctp)
-				    : NULL;
-		if (!sv->sv_listener)
-			die(p, "listen %s %s: out of memory", addr_netname(b->b_proto, &b->b_host),
-			    addr_format(&b->b_host, where, sizeof(where)));
-		b->b_fd = -1; /* the listener owns it now */
-		break;
-	default:
-		die(p, "listen %s %s: -proto %s is not supported yet",
-		    addr_netname(b->b_proto, &b->b_host),
-		    addr_format(&b->b_host, where, sizeof(where)), addr_proto_name(b->b_proto));
-	}
+	b->b_fd = -1; /* the listener or the relay owns it now */
 }
 
 /* The start-up line: the version and the mapping (or how many there are). */
