@@ -787,50 +787,10 @@ class EchoServer:
         self._sel.close()
 
 
-def sink_source_handler(send_bytes):
-    """Handler for ThreadedServer: concurrently hashes everything it receives until EOF and sends
-    `send_bytes` of random data (then shuts down writing). Appends a dict to server.results:
-    recv_len, recv_sha, sent_len, sent_sha, error."""
-
-    def handler(conn, addr, server):
-        res = {"recv_len": 0, "recv_sha": None, "sent_len": 0, "sent_sha": None, "error": None}
-        conn.settimeout(60)
-
-        def sender():
-            h = hashlib.sha256()
-            try:
-                for chunk in random_stream(send_bytes):
-                    conn.sendall(chunk)
-                    h.update(chunk)
-                    res["sent_len"] += len(chunk)
-                conn.shutdown(socket.SHUT_WR)
-            except OSError as e:
-                res["error"] = "send: %r" % e
-            res["sent_sha"] = h.hexdigest()
-
-        t = threading.Thread(target=sender, daemon=True)
-        t.start()
-        h = hashlib.sha256()
-        try:
-            for _ in range(1 << 20):
-                data = conn.recv(1 << 20)
-                if not data:
-                    break
-                h.update(data)
-                res["recv_len"] += len(data)
-        except OSError as e:
-            res["error"] = "recv: %r" % e
-        res["recv_sha"] = h.hexdigest()
-        t.join(timeout=60)
-        with server.lock:
-            server.results.append(res)
-
-    return handler
-
-
-def bulk_exchange(sock, send_bytes, timeout=60.0):
-    """Client side of sink_source_handler: send `send_bytes` random bytes (then SHUT_WR) while
-    reading until EOF. Returns dict sent_len, sent_sha, recv_len, recv_sha, error."""
+def _duplex(sock, send_bytes, timeout):
+    """Send `send_bytes` random bytes (then SHUT_WR) while hashing everything received until
+    EOF. Returns dict sent_len, sent_sha, recv_len, recv_sha, error. Both ends of the bulk
+    tests use it: sink_source_handler on the backend, bulk_exchange on the client."""
     res = {"sent_len": 0, "sent_sha": None, "recv_len": 0, "recv_sha": None, "error": None}
     sock.settimeout(timeout)
 
@@ -860,9 +820,28 @@ def bulk_exchange(sock, send_bytes, timeout=60.0):
         res["error"] = "recv: %r" % e
     res["recv_sha"] = h.hexdigest()
     t.join(timeout=timeout)
-    if t.is_alive():
+    if t.is_alive() and not res["error"]:
         res["error"] = "sender did not finish"
     return res
+
+
+def sink_source_handler(send_bytes):
+    """Handler for ThreadedServer: concurrently hashes everything it receives until EOF and sends
+    `send_bytes` of random data (then shuts down writing). Appends a dict to server.results:
+    recv_len, recv_sha, sent_len, sent_sha, error."""
+
+    def handler(conn, addr, server):
+        res = _duplex(conn, send_bytes, 60.0)
+        with server.lock:
+            server.results.append(res)
+
+    return handler
+
+
+def bulk_exchange(sock, send_bytes, timeout=60.0):
+    """Client side of sink_source_handler: send `send_bytes` random bytes (then SHUT_WR) while
+    reading until EOF. Returns dict sent_len, sent_sha, recv_len, recv_sha, error."""
+    return _duplex(sock, send_bytes, timeout)
 
 
 def parallel_echo(host, port, payloads, timeout=20.0):
