@@ -1568,7 +1568,7 @@ class DockerdCases:
         c = self.run_container("ppkill", publish, ["7000-7001"], extra=["--restart", "always"],
                                keep=True)
         bindings = self.docker_port(c.name)
-        procs = self.check_proxies_match(c, bindings)
+        self.check_proxies_match(c, bindings)
         all_proxies = env.proxies()  # including other tests' leftovers, if any
         self.tcp_check("127.0.0.1", h, c, 7000, proxied=True)
         t0 = time.monotonic()

@@ -256,51 +256,6 @@ def open_nonblocking(host, port, n, timeout=10.0):
     return socks, failed
 
 
-class UdpEcho:
-    """A UDP echo server in a thread on 127.0.0.1:0. Counts datagrams and distinct sources."""
-
-    def __init__(self, host="127.0.0.1"):
-        self.sock = socket.socket(pp.family_of(host), socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind((host, 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.count = 0
-        self.sources = set()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self):
-        deadline = time.monotonic() + 900
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sock, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                for key, _ in sel.select(0.5):
-                    if key.fileobj is self._wake_r:
-                        return
-                    for _ in range(256):
-                        try:
-                            data, src = self.sock.recvfrom(65536)
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        except OSError:
-                            break  # a late ICMP error; keep serving
-                        self.count += 1
-                        if len(self.sources) < 100000:
-                            self.sources.add(src)
-                        with contextlib.suppress(OSError):
-                            self.sock.sendto(data, src)
-
-    def close(self):
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._thread.join(timeout=5)
-        for s in (self.sock, self._wake_r, self._wake_w):
-            s.close()
-
-
 def udp_exchange(sock, payload, timeout=1.0, tries=3):
     """Send payload on a connected UDP socket and wait for the same bytes back; a lost datagram
     is sent again, `tries` times in all. Returns the reply or None."""
@@ -786,7 +741,7 @@ class TestUdpFlood(FaultCase):
     def test_flood_over_flow_cap(self):
         cap, rounds, per_round = 64, 8, 500
         self.need_fds(per_round + 200)
-        be = UdpEcho()
+        be = pp.UdpBackend()
         self.addCleanup(be.close)
         # Idle flows expire after 1 s, so that in the end all of them must be gone.
         p = self.start_proxy(be.port, proto="udp",
@@ -834,7 +789,7 @@ class TestUdpFlood(FaultCase):
         rss1 = pp.vm_rss_kib(p.pid)
         note("UDP flood: %d datagrams from %d source ports in %.2f s (backend got %d from %d "
              "sources); victim probes %d, lost %d, needed a retry %d; proxy fds %d -> max %d; "
-             "VmRSS %d -> %d KiB", sent, rounds * per_round, dt, be.count, len(be.sources),
+             "VmRSS %d -> %d KiB", sent, rounds * per_round, dt, be.count, len(set(be.sources())),
              probes, lost, slow, sum([base.sockets, base.pipes, len(base.other)]), max_fds, rss0,
              rss1)
         self.assertTrue(p.alive(), "proxy died in the flood: %s" % p.describe())
@@ -1006,7 +961,7 @@ class TestSoak(FaultCase):
     def test_soak_mixed_tcp_udp(self):
         duration = SOAK_SECONDS
         echo = self.echo_server()
-        uecho = UdpEcho()
+        uecho = pp.UdpBackend()
         self.addCleanup(uecho.close)
         p, tport, uport = self.start_publish(echo.port, uecho.port)
         base = self.settled_snapshot(p)  # before any flow exists

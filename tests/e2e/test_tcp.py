@@ -533,7 +533,7 @@ class TestResets(ProxyTestCase):
                         "sockets leaked after refusals: %d open, %d at start"
                         % (p.socket_count(), base))
         try:
-            echo = self.echo_server(port=bport)
+            self.echo_server(port=bport)
         except OSError as e:
             self.skipTest("backend port %d was taken meanwhile: %r" % (bport, e))
         self.assert_echo("127.0.0.1", p.port, b"now it listens", "after the backend came up")

@@ -16,7 +16,6 @@ UDP socket drops datagrams from any address but the one it connected to (moby #1
 
 import contextlib
 import os
-import selectors
 import signal
 import socket
 import sys
@@ -37,71 +36,6 @@ MAX_V6 = 65527  # 65535 - 8 (UDP); the IPv6 header is not in the payload length
 def note(fmt, *args):
     """Measurements worth seeing in a CI log (stderr, so unittest output stays readable)."""
     sys.stderr.write("    [measured] " + (fmt % args) + "\n")
-
-
-class UdpBackend:
-    """A UDP server in a thread on host:port (0 = pick one): echoes every datagram (echo=True)
-    or just records it. Records (source address, length, first 16 bytes) in .seen, bounded.
-    `reply` optionally maps the received bytes to what is sent back."""
-
-    def __init__(self, host="127.0.0.1", port=0, echo=True, reply=None, keep=100000):
-        self.sock = socket.socket(pp.family_of(host), socket.SOCK_DGRAM)
-        if pp.family_of(host) == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.echo = echo
-        self.reply = reply
-        self.keep = keep
-        self.seen = []
-        self.count = 0
-        self.lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        deadline = time.monotonic() + 600
-        try:
-            while not self._stop and time.monotonic() < deadline:
-                for key, _ in sel.select(timeout=0.5):
-                    if key.fileobj is self._wake_r:
-                        return
-                    for _ in range(256):
-                        try:
-                            data, src = self.sock.recvfrom(65536)
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        except OSError:
-                            break  # e.g. an ICMP error reported late; keep serving
-                        with self.lock:
-                            self.count += 1
-                            if len(self.seen) < self.keep:
-                                self.seen.append((src, len(data), data[:16]))
-                        if self.echo:
-                            out = self.reply(data) if self.reply else data
-                            with contextlib.suppress(OSError):
-                                self.sock.sendto(out, src)
-        finally:
-            sel.close()
-
-    def sources(self):
-        with self.lock:
-            return [s for s, _, _ in self.seen]
-
-    def close(self):
-        self._stop = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._thread.join(timeout=5)
-        for s in (self.sock, self._wake_r, self._wake_w):
-            s.close()
 
 
 def udp_client(host, port, connect=True, bind_ip=None):
@@ -191,7 +125,7 @@ class UdpTestCase(unittest.TestCase):
             self.fail("proxy did not start: argv=%r %s" % (p.argv, p.describe()))
 
     def backend(self, host="127.0.0.1", **kw):
-        b = UdpBackend(host, **kw)
+        b = pp.UdpBackend(host, **kw)
         self.addCleanup(b.close)
         return b
 
