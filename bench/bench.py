@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ["direct", "portproxy", "docker-proxy", "haproxy", "socat"]
@@ -70,6 +71,8 @@ metric("mem.hold_private", "Private with 1000 connections", "KiB", "lower")
 metric("mem.conn_pss_anon", "Pss_Anon per connection", "KiB", "lower")
 metric("mem.conn_private", "Private per connection", "KiB", "lower")
 metric("mem.conn_kernel", "kernel memory per connection (cgroup)", "KiB", "lower")
+metric("mem.pipes", "pipe fds held with 1000 idle connections (over idle)", "", "lower")
+MEM_METRICS = [m for m in METRICS if m.startswith("mem.")]
 metric("start.p50", "start-up to \"0\\n\" on fd 3, median", "ms", "lower")
 metric("start.p90", "start-up to \"0\\n\" on fd 3, p90", "ms", "lower")
 metric("start.stop50", "SIGINT to exit, median", "ms", "lower")
@@ -387,6 +390,18 @@ def smaps(pids):
         except OSError:
             pass
     return tot  # KiB
+
+
+def count_pipes(pids):
+    """pipe: entries among the open fds of these processes (a pipe pair
+    counts twice)."""
+    n = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    n += os.readlink(f"/proc/{p}/fd/{fd}").startswith("pipe:")
+    return n
 
 
 def listening_ports(pid=None, proto="tcp"):
@@ -728,20 +743,22 @@ listen p{lport}
             self.serve = serve
             pl = path
             for streams in (1, 4):
-                self.rounds(lambda k, r: self.m_iperf(pl, k, r, streams))
-            self.rounds(lambda k, r: self.m_rr(pl, k, r), setup=self.rr_setup,
-                        teardown=self.rr_teardown)
-            self.rounds(lambda k, r: self.m_crr(pl, k, r, 1), setup=self.rr_setup,
-                        teardown=self.rr_teardown)
-            self.rounds(lambda k, r: self.m_crr(pl, k, r, 16))
+                self.rounds(lambda k, r: self.m_iperf(pl, k, r, streams),
+                            [f"{pl}.tput{streams}", f"{pl}.cpugb{streams}"])
+            self.rounds(lambda k, r: self.m_rr(pl, k, r), [f"{pl}.rr50", f"{pl}.rr99"],
+                        setup=self.rr_setup, teardown=self.rr_teardown)
+            self.rounds(lambda k, r: self.m_crr(pl, k, r, 1), [f"{pl}.crr1", f"{pl}.crrcpu1"],
+                        setup=self.rr_setup, teardown=self.rr_teardown)
+            self.rounds(lambda k, r: self.m_crr(pl, k, r, 16), [f"{pl}.crr16", f"{pl}.crrcpu16"])
             for flows in (1, 8):
-                self.rounds(lambda k, r: self.m_udp(pl, k, r, flows))
+                self.rounds(lambda k, r: self.m_udp(pl, k, r, flows),
+                            [f"{pl}.udp{flows}", f"{pl}.udploss{flows}", f"{pl}.udpcpu{flows}"])
             if path == "loopback":
                 # alone: with other instances of the same program running, their
                 # shared text would move from Private to Shared
                 for p in procs[1:]:
                     p.stop()
-                self.rounds(lambda k, r: self.m_mem(k, r), runs=cfg["mem_runs"],
+                self.rounds(lambda k, r: self.m_mem(k, r), MEM_METRICS, runs=cfg["mem_runs"],
                             kinds=[k for k in self.kinds if k != "direct"])
         finally:
             for p in reversed(procs):
@@ -753,9 +770,13 @@ listen p{lport}
                 self.nsobj.close()
                 self.nsobj = None
 
-    def rounds(self, fn, runs=None, kinds=None, setup=None, teardown=None):
+    def rounds(self, fn, metrics, runs=None, kinds=None, setup=None, teardown=None):
+        """Run fn(kind, run) for every kind, interleaved, runs times.  A failed
+        run is logged and noted; a kind whose every run failed gets its metrics
+        marked N/A with the last error, so its rows stay in the table."""
         runs = runs or self.cfg["runs"]
         kinds = kinds or self.kinds
+        failures = {}  # kind -> (count, last error)
         if setup:
             setup()
         try:
@@ -764,11 +785,39 @@ listen p{lport}
                 for kind in order:
                     try:
                         fn(kind, r + 1)
-                    except (TimeoutError, RuntimeError, OSError, ValueError, KeyError) as e:
-                        self.note(f"{kind}: run {r + 1} failed: {e}")
+                    except Interrupted:
+                        raise
+                    except Exception as e:
+                        self.log_error(f"{kind} run {r + 1} of {', '.join(metrics)}", e)
+                        self.note(f"{kind}: run {r + 1} of {metrics[0]} failed: {e}")
+                        n, _ = failures.get(kind, (0, None))
+                        failures[kind] = (n + 1, e)
         finally:
             if teardown:
                 teardown()
+        for kind, (n, e) in failures.items():
+            if n == runs:
+                for m in metrics:
+                    self.set_na(m, kind, f"all {runs} runs failed: {e}")
+
+    def log_error(self, what, exc):
+        """Append the traceback of an unexpected failure to logs/errors.log."""
+        log(f"error: {what}: {exc!r} (traceback in logs/errors.log)")
+        with contextlib.suppress(OSError), \
+                open(os.path.join(self.logs, "errors.log"), "a") as f:
+            f.write(f"--- {time.monotonic() - T0:.1f}s {what}\n")
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+    def fail_section(self, what, metrics, exc):
+        """A whole section raised: log it and mark its metrics N/A for every
+        kind that has no value yet (the run goes on with the next section)."""
+        self.log_error(what, exc)
+        self.note(f"{what} failed: {exc!r}; its missing rows are N/A")
+        have = {(m, k) for m, k, _, v, _ in self.raw if v is not None}
+        for m in metrics:
+            for kind in self.kinds:
+                if (m, kind) not in have and applies(m, kind):
+                    self.set_na(m, kind, f"{what} failed: {exc}")
 
     def target(self, kind, svc, metrics):
         t = self.targets.get(kind, {}).get(svc)
@@ -918,8 +967,7 @@ listen p{lport}
             self.record(mc, kind, run, (c1 - c0) / (2 * r["recv"]) * 1e6)
 
     def m_mem(self, kind, run):
-        keys = ["mem.idle_pss_anon", "mem.idle_private", "mem.hold_pss_anon",
-                "mem.hold_private", "mem.conn_pss_anon", "mem.conn_private", "mem.conn_kernel"]
+        keys = MEM_METRICS
         self.check_backend()
         echo = self.targets["direct"]["echo"]
         cg = None
@@ -939,6 +987,7 @@ listen p{lport}
             tree = kind == "socat"
             time.sleep(0.3)
             idle = smaps(proc_tree(p.pid) if tree else [p.pid])
+            idle_pipes = count_pipes(proc_tree(p.pid) if tree else [p.pid])
             k0 = cg.kernel_bytes() if cg else None
             n = self.cfg["hold"]
             holder = Proc([self.tool, "hold", "127.0.0.1", str(lport), str(n), str(MSG)],
@@ -951,7 +1000,11 @@ listen p{lport}
                 self.note(f"{kind}: memory test: {errs} of {n} connections failed")
             time.sleep(0.5)
             held = smaps(proc_tree(p.pid) if tree else [p.pid])
+            held_pipes = count_pipes(proc_tree(p.pid) if tree else [p.pid])
             k1 = cg.kernel_bytes() if cg else None
+            # added over idle: fds inherited from whoever started the bench are not the proxy's
+            self.record("mem.pipes", kind, run, held_pipes - idle_pipes,
+                        f"held={held_pipes} idle={idle_pipes} conns={ok}")
             self.record("mem.idle_pss_anon", kind, run, idle["Pss_Anon"])
             self.record("mem.idle_private", kind, run, idle["Private"])
             self.record("mem.hold_pss_anon", kind, run, held["Pss_Anon"], f"conns={ok}")
@@ -1145,7 +1198,7 @@ listen p{lport}
         for m, kind, run, v, _ in self.raw:
             if v is not None:
                 vals.setdefault((m, kind), []).append(v)
-        med = {key: statistics.median(v) for key, v in vals.items()}
+        med = self.med = {key: statistics.median(v) for key, v in vals.items()}
         rows = []
         for m, (label, unit, better) in METRICS.items():
             if not any((m, k) in med or (m, k) in self.na for k in self.kinds):
@@ -1177,7 +1230,7 @@ listen p{lport}
                 f.write("\t".join(str("" if r[k] is None else r[k]) for k in (
                     "metric", "label", "unit", "better", "kind", "value", "runs", "spread",
                     "vs_dp", "vs_direct", "why")) + "\n")
-        md = markdown(rows, header, self.notes)
+        md = markdown(rows, header, self.notes) + targets_md(getattr(self, "med", {}), self.na)
         with open(os.path.join(self.out, "summary.md"), "w") as f:
             f.write(md)
         return md
@@ -1240,6 +1293,7 @@ listen p{lport}
                           for i, k in enumerate(self.kinds) if k in have]
                 script.append("plot " + ", ".join(series))
             else:
+                script.append("unset logscale y; set yrange [0:*]")  # [0:1] below
                 script.append("set label 1 'no data' at graph 0.5,0.5 center")
                 script.append("plot [0:1][0:1] NaN notitle")
                 script.append("unset label 1")
@@ -1253,6 +1307,16 @@ listen p{lport}
                            text=True, timeout=60)
         if r.returncode:
             self.note(f"gnuplot failed: {r.stderr.strip()[:300]}")
+
+
+def applies(m, kind):
+    """Whether metric m can have a value for kind at all."""
+    name = m.split(".", 1)[1]
+    if m.startswith(("start.", "range.")):
+        return kind in FD3_KINDS
+    if kind == "direct" and (m.startswith("mem.") or "cpu" in name):
+        return False
+    return not (kind == "haproxy" and name.startswith("udp"))
 
 
 def ratio(a, b):
@@ -1282,6 +1346,91 @@ def fmt_ratio(r):
     if r is None:
         return "—"
     return f"{r:.2g}×" if abs(r) < 0.1 else f"{r:.2f}×"
+
+
+def sig3(v):
+    """3 significant digits (0.2045 -> 0.205, 12.34 -> 12.3, 1234 -> 1,234)."""
+    if v is None:
+        return "N/A"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:#.3g}".rstrip(".") if v else "0"
+
+
+# Targets of issue 6: (name, metric suffix, goal kind, bound, higher is better).
+#   "ratio": portproxy / docker-proxy; "added": (pp - direct) / (dp - direct);
+#   "loss": portproxy's loss against docker-proxy's (met if not higher);
+#   "value": portproxy's own value.
+TARGETS = [
+    ("bulk 1 stream: throughput", "tput1", "ratio", 1.25, True),
+    ("bulk 1 stream: CPU per GB", "cpugb1", "ratio", 0.5, False),
+    ("RR pinned: added latency over direct, p50", "rr50", "added", 0.5, False),
+    ("RR pinned: p99", "rr99", "ratio", 0.5, False),
+    ("connections/s, 16 loops", "crr16", "ratio", 2, True),
+    ("CPU per connection, 16 loops", "crrcpu16", "ratio", 0.4, False),
+    ("UDP 64 B echoes/s, 1 flow", "udp1", "ratio", 3, True),
+    ("UDP loss, 1 flow (portproxy vs docker-proxy)", "udploss1", "loss", 0, False),
+    ("UDP 64 B echoes/s, 8 flows", "udp8", "ratio", 3, True),
+    ("UDP loss, 8 flows (portproxy vs docker-proxy)", "udploss8", "loss", 0, False),
+    ("idle Pss_Anon", "mem.idle_pss_anon", "ratio", 0.2, False),
+    ("Pss_Anon per idle connection", "mem.conn_pss_anon", "ratio", 0.25, False),
+    ("kernel memory per idle connection", "mem.conn_kernel", "ratio", 0.25, False),
+    # no pipe per idle connection; a small shared splice pool (a few fds) is allowed
+    ("pipe fds added by 1000 idle connections", "mem.pipes", "value", 10, False),
+    ("start-up, median", "start.p50", "ratio", 0.5, False),
+    ("1000 ports: processes", "range.procs", "value", 1, False),
+    ("1000 ports: total Pss", "range.pss", "ratio", 0.01, False),
+]
+
+
+def targets_md(med, na):
+    """The "Targets" section: each target of issue 6 from the medians."""
+    out = ["", "## Targets (issue 6, from the medians above)", "",
+           "| target | path | figure | goal | result |", "|---|---|---:|---:|---|"]
+    for name, key, how, bound, higher in TARGETS:
+        paths = [None] if "." in key else ["loopback", "netns"]
+        for path in paths:
+            m = key if path is None else f"{path}.{key}"
+            pp, dp, d = (med.get((m, k)) for k in ("portproxy", "docker-proxy", "direct"))
+            where = PATH_LABEL[path] if path else "—"
+            why = na.get((m, "portproxy")) or na.get((m, "docker-proxy")) or ""
+            if pp is None and dp is None and not why:
+                continue  # not run (path or section not selected)
+            goal = f"{'≥' if higher else '≤'} {bound:g}"
+            reach = ""
+            fig = None
+            if how == "ratio":
+                fig = ratio(pp, dp)
+                goal += "×"
+                if fig is not None and d is not None and dp is not None and (
+                        bound * dp > d if higher else bound * dp < d):
+                    reach = " (above direct: out of reach)"
+            elif how == "added":
+                if None not in (pp, dp, d):
+                    if dp - d > 0:
+                        fig = (pp - d) / (dp - d)
+                    else:
+                        why = "docker-proxy adds no latency over direct"
+                else:
+                    why = why or "direct not measured"
+            elif how == "loss":
+                if pp is not None and dp is not None:
+                    fig = pp - dp
+            elif how == "value":
+                fig = pp
+            if fig is None:
+                figure, result = "N/A", f"not measured{': ' + why if why else ''}"
+            else:
+                met = fig >= bound if higher else fig <= bound
+                figure = sig3(fig) + ("×" if how == "ratio" else "")
+                if how == "loss":
+                    figure = f"{sig3(pp)}% vs {sig3(dp)}%"
+                    goal = "≤ docker-proxy's"
+                elif how == "value" and float(fig).is_integer():
+                    figure = str(int(fig))
+                result = ("met" if met else "**not met**") + reach
+            out.append(f"| {name} | {where} | {figure} | {goal} | {result} |")
+    return "\n".join(out) + "\n"
 
 
 def markdown(rows, header, notes):
@@ -1340,6 +1489,7 @@ def machine_header(args, started, elapsed):
         f"- machine: {os.cpu_count()} CPUs ({model}), {mem} RAM, kernel {os.uname().release}; "
         f"1-min load average {LOAD['start']} at start, {LOAD.get('net', '?')} after the "
         "network tests (other work on the machine inflates the noise)",
+        *([f"- **{load_warning()}**"] if load_warning() else []),
         f"- command: `bench/run {' '.join(sys.argv[1:])}` (mode {args.mode})",
         f"- portproxy: {args.portproxy_orig} ({ppv}); docker-proxy: {args.docker_proxy} "
         f"(docker.io {dpv}); {version(['haproxy', '-v'])}; "
@@ -1368,6 +1518,26 @@ def socat_version():
     return "?"
 
 
+def subset_of(allowed):
+    """argparse type: a comma-separated, non-empty subset of allowed (kept as text)."""
+    def check(text):
+        items = [x for x in text.split(",") if x]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"{','.join(bad) or 'nothing'} not in {','.join(allowed)}")
+        return ",".join(items)
+    return check
+
+
+def load_warning():
+    with contextlib.suppress(ValueError):
+        if float(LOAD["start"]) > 0.5:
+            return (f"WARNING: 1-minute load average {LOAD['start']} > 0.5 at start: "
+                    "other work on the machine makes these figures noisy")
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group()
@@ -1381,10 +1551,13 @@ def main():
         "DOCKER_PROXY", shutil.which("docker-proxy") or "/usr/sbin/docker-proxy"))
     ap.add_argument("--ppbtool", default=os.environ.get(
         "PPBTOOL", os.path.join(HERE, ".build", "ppbtool")))
-    ap.add_argument("--kinds", help="comma-separated subset of " + ",".join(KINDS))
-    ap.add_argument("--paths", help="comma-separated: loopback,netns")
+    ap.add_argument("--kinds", type=subset_of(KINDS),
+                    help="comma-separated subset of " + ",".join(KINDS))
+    ap.add_argument("--paths", type=subset_of(["loopback", "netns"]),
+                    help="comma-separated: loopback,netns")
     ap.add_argument("--runs", type=int, help="override runs per metric")
-    ap.add_argument("--only", help="comma-separated subset of: net,startup,range")
+    ap.add_argument("--only", type=subset_of(["net", "startup", "range"]),
+                    help="comma-separated subset of: net,startup,range")
     args = ap.parse_args()
     started = datetime.datetime.now().astimezone()
     if not args.out:
@@ -1414,20 +1587,37 @@ def main():
         shutil.copy2(args.portproxy, snap)
         args.portproxy = b.bins["portproxy"] = snap
     only = set(args.only.split(",")) if args.only else {"net", "startup", "range"}
+    if load_warning():
+        log(load_warning())
+    # (section name, what it runs, its metrics): a section that raises is
+    # logged, its missing metrics become N/A, and the next one runs.
+    sections = []
+    if "net" in only:
+        for path in b.cfg["paths"]:
+            ms = [m for m in METRICS if m.startswith(path + ".")]
+            ms += MEM_METRICS if path == "loopback" else []
+            sections.append((f"path {path}", lambda p=path: b.run_path(p), ms))
+    sections.append(("load", lambda: LOAD.__setitem__("net", loadavg()), []))
+    if "startup" in only:
+        sections.append(("start-up", b.m_startup, [m for m in METRICS if m.startswith("start.")]))
+    if "range" in only:
+        sections.append(("1000-port range", b.m_range,
+                         [m for m in METRICS if m.startswith("range.")]))
     t0 = time.monotonic()
     status = 0
     try:
-        if "net" in only:
-            for path in b.cfg["paths"]:
-                log(f"== path {path}")
-                b.run_path(path)
-        LOAD["net"] = loadavg()
-        if "startup" in only:
-            log("== start-up")
-            b.m_startup()
-        if "range" in only:
-            log("== 1000-port range")
-            b.m_range()
+        for name, fn, ms in sections:
+            log(f"== {name}")
+            try:
+                fn()
+            except Interrupted:
+                raise
+            except Exception as e:
+                b.fail_section(name, ms, e)
+                status = 1
+            finally:
+                for p in list(Proc.live.values()):
+                    p.stop(timeout=1)
     except (KeyboardInterrupt, Interrupted) as e:
         b.note(f"interrupted ({e or 'Ctrl-C'}): partial results")
         status = 130
@@ -1436,14 +1626,19 @@ def main():
             p.stop(timeout=1)
         if b.nsobj:
             b.nsobj.close()
-    elapsed = time.monotonic() - t0
-    rows = b.summarize()
-    header = machine_header(args, started, elapsed)
-    b.chart(rows)
-    md = b.write_outputs(rows, header)
-    shutil.rmtree(b.tmp, ignore_errors=True) if not os.environ.get("PPB_KEEP_TMP") else None
-    print(md)
-    log(f"results in {args.out} ({elapsed:.0f} s)")
+        elapsed = time.monotonic() - t0
+        rows = b.summarize()
+        header = machine_header(args, started, elapsed)
+        try:
+            b.chart(rows)
+        except Exception as e:
+            b.log_error("chart", e)
+            b.note(f"chart failed: {e!r}")
+        md = b.write_outputs(rows, header)
+        if not os.environ.get("PPB_KEEP_TMP"):
+            shutil.rmtree(b.tmp, ignore_errors=True)
+        print(md)
+        log(f"results in {args.out} ({elapsed:.0f} s)")
     return status
 
 
