@@ -96,7 +96,6 @@ struct tcp_relay {
 	unsigned long long r_next_id;
 	struct tcp_relay_stats r_stats;
 	struct event *r_retry; /* retries connects that ran out of descriptors */
-	unsigned r_nwaiting;
 	struct log_ratelimit r_refused_warn;
 	struct log_ratelimit r_nofd_warn;
 };
@@ -142,7 +141,6 @@ static void conn_close(struct conn *c, bool reset, const char *reason, int err)
 	}
 	if (c->c_waiting) {
 		TAILQ_REMOVE(&r->r_waiting, c, c_wait_link);
-		r->r_nwaiting--;
 	}
 	if (reset)
 		r->r_stats.aborted++;
@@ -389,7 +387,6 @@ static void conn_wait(struct conn *c)
 
 	c->c_waiting = true;
 	TAILQ_INSERT_TAIL(&r->r_waiting, c, c_wait_link);
-	r->r_nwaiting++;
 	if (!evtimer_pending(r->r_retry, NULL))
 		evtimer_add(r->r_retry, &retry_delay);
 }
@@ -418,7 +415,6 @@ static bool conn_connect(struct conn *c)
 	if (c->c_waiting) {
 		TAILQ_REMOVE(&r->r_waiting, c, c_wait_link);
 		c->c_waiting = false;
-		r->r_nwaiting--;
 	}
 	if (ret < 0 && ret != -EINPROGRESS) {
 		r->r_stats.refused++;
@@ -462,7 +458,7 @@ void tcp_relay_accept(int fd, const struct addr *peer, void *relay)
 		sock_reset_close(fd);
 		return;
 	}
-	if (r->r_nwaiting) {
+	if (!TAILQ_EMPTY(&r->r_waiting)) {
 		conn_wait(c); /* others already wait for a descriptor: queue behind them */
 		return;
 	}

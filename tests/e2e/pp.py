@@ -786,6 +786,33 @@ class EchoServer:
         self._sel.close()
 
 
+def udp_exchange(sock, payload, timeout=2.0, tries=3, to=None, want=None):
+    """Send payload (to `to` if the socket is not connected) and wait for one datagram back
+    (with `want`, for that datagram: a late reply to an earlier try is skipped); a lost
+    datagram is sent again, at most `tries` times in all. Returns (data, source) or
+    (None, None)."""
+    for _ in range(tries):
+        if to is None:
+            sock.send(payload)
+        else:
+            sock.sendto(payload, to)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            try:
+                data, source = sock.recvfrom(65536)
+            except socket.timeout:
+                break
+            except ConnectionRefusedError:
+                continue  # an ICMP error from before; keep waiting
+            if want is None or data == want:
+                return data, source
+    return None, None
+
+
 class UdpBackend:
     """A UDP server in a thread on host:port (0 = pick one): echoes every datagram (echo=True)
     or just records it. Records (source address, length, first 16 bytes) in .seen, bounded.

@@ -257,26 +257,8 @@ def open_nonblocking(host, port, n, timeout=10.0):
 
 
 def udp_exchange(sock, payload, timeout=1.0, tries=3):
-    """Send payload on a connected UDP socket and wait for the same bytes back; a lost datagram
-    is sent again, `tries` times in all. Returns the reply or None."""
-    for _ in range(tries):
-        sock.send(payload)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionRefusedError:
-                continue
-            if data == payload:
-                return data
-            # A late reply to an earlier try: keep waiting for ours.
-    return None
+    """The echo of payload on a connected UDP socket, or None (late replies skipped)."""
+    return pp.udp_exchange(sock, payload, timeout, tries, want=payload)[0]
 
 
 def fault_handler(conn, addr, srv):

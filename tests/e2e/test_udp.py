@@ -80,28 +80,7 @@ def udp_socket_drops(pid):
     return total
 
 
-def exchange(sock, payload, timeout=2.0, tries=3, to=None):
-    """Send payload (to `to` if the socket is not connected) and wait for one datagram back;
-    a lost datagram is sent again, at most `tries` times in all. Returns (data, source) or
-    (None, None)."""
-    for _ in range(tries):
-        if to is None:
-            sock.send(payload)
-        else:
-            sock.sendto(payload, to)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            try:
-                return sock.recvfrom(65536)
-            except socket.timeout:
-                break
-            except ConnectionRefusedError:
-                continue  # an ICMP error from before; keep waiting
-    return None, None
+exchange = pp.udp_exchange
 
 
 class UdpTestCase(unittest.TestCase):
