@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import resource
 import select
 import shutil
 import signal
@@ -23,11 +24,11 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ["direct", "portproxy", "docker-proxy", "haproxy", "socat"]
-PROXIES = KINDS[1:]
+KINDS = ["direct", "floor", "portproxy", "docker-proxy", "haproxy", "socat"]
 FD3_KINDS = ("portproxy", "docker-proxy")
 NS_HOST_IP, NS_CONT_IP = "198.51.100.1", "198.51.100.2"
 MSG = 64
+OPEN_RATE, OPEN_FLOWS = 150000, 8  # open-loop UDP load: datagrams/s in all (direct carries it), flows
 
 MODES = {
     # runs: rounds per metric; iperf_t: seconds per iperf3 test (integer);
@@ -36,7 +37,7 @@ MODES = {
     # range_n: processes actually started for the 1000-port test (scaled to 1000).
     "quick": dict(runs=3, iperf_t=1, rr_n=5000, crr_s=0.5, udp_s=0.5, mem_runs=1,
                   hold=1000, startup_n=20, range_n=100, paths=["loopback"]),
-    "full": dict(runs=5, iperf_t=2, rr_n=10000, crr_s=0.7, udp_s=0.7, mem_runs=2,
+    "full": dict(runs=5, iperf_t=3, rr_n=10000, crr_s=0.7, udp_s=0.7, mem_runs=2,
                  hold=1000, startup_n=20, range_n=1000, paths=["loopback", "netns"]),
 }
 RANGE_PORTS = 1000
@@ -59,11 +60,16 @@ for _p in ("loopback", "netns"):
         _w = "1 loop (1 CPU)" if _c == 1 else f"{_c} loops"
         metric(f"{_p}.crr{_c}", f"connections/s, {_w}", "conn/s", "higher")
         metric(f"{_p}.crrcpu{_c}", f"proxy CPU per connection, {_w}", "µs", "lower")
+        metric(f"{_p}.crrend{_c}", f"client+backend CPU per connection, {_w}", "µs", "lower")
     for _f in (1, 8):
         metric(f"{_p}.udp{_f}", f"UDP 64 B echoes/s, {_f} flow{'s' * (_f > 1)}", "echo/s", "higher")
         metric(f"{_p}.udploss{_f}", f"UDP loss, {_f} flow{'s' * (_f > 1)}", "%", "lower")
         metric(f"{_p}.udpcpu{_f}", f"proxy CPU per datagram, {_f} flow{'s' * (_f > 1)}",
                "µs", "lower")
+    _o = f"open loop {OPEN_RATE // 1000}k/s, {OPEN_FLOWS} flows"
+    metric(f"{_p}.olloss", f"UDP loss, {_o}", "%", "lower")
+    metric(f"{_p}.oldrop", f"UDP dropped at the proxy's own sockets, {_o}", "%", "lower")
+    metric(f"{_p}.olcpu", f"proxy CPU per datagram, {_o}", "µs", "lower")
 metric("mem.idle_pss_anon", "idle Pss_Anon", "KiB", "lower")
 metric("mem.idle_private", "idle Private (clean+dirty)", "KiB", "lower")
 metric("mem.hold_pss_anon", "Pss_Anon with 1000 connections", "KiB", "lower")
@@ -83,7 +89,7 @@ metric("range.private", "1000 ports: total Private", "MiB", "lower")
 metric("range.cpu", "1000 ports: CPU to start", "s", "lower")
 
 PATH_LABEL = {"loopback": "lo", "netns": "veth"}
-COLOURS = {"direct": "#808080", "portproxy": "#1b9e77", "docker-proxy": "#2c7fb8",
+COLOURS = {"direct": "#808080", "floor": "#b0b0b0", "portproxy": "#1b9e77", "docker-proxy": "#2c7fb8",
            "haproxy": "#d95f02", "socat": "#e6ab02"}
 
 
@@ -129,6 +135,7 @@ class Proc:
 
     live = {}
     state_file = None
+    cpucg = None  # the CPU cgroup of a proxy (Bench.start_proxy)
 
     def __init__(self, argv, *, cpus=None, ns=None, fd3=False, stdin_pipe=False,
                  stdout_pipe=False, stderr_pipe=False, log_path=None, cgroup=None):
@@ -179,8 +186,10 @@ class Proc:
                 os.close(fd)
         Proc.live[self.pid] = self
         Proc.save_state()
-        if cgroup:
-            cgroup.add(self.pid)
+        self.owned = []  # cgroups removed once the process has gone
+        for cg in cgroup if isinstance(cgroup, list) else [cgroup]:
+            if cg:
+                cg.add(self.pid)
 
     @classmethod
     def save_state(cls):
@@ -305,6 +314,8 @@ class Proc:
         if self.pid in Proc.live:  # never signal a group whose id may be reused
             self.signal_group(signal.SIGKILL)  # forked children (socat) left behind
         self.forget()
+        while self.owned:
+            self.owned.pop().remove()
         return took
 
 
@@ -402,6 +413,28 @@ def count_pipes(pids):
                 with contextlib.suppress(OSError):
                     n += os.readlink(f"/proc/{p}/fd/{fd}").startswith("pipe:")
     return n
+
+
+def udp_drops(pids):
+    """{socket inode: drops} for the UDP sockets these processes hold
+    (/proc/net/udp and udp6 of this network namespace, last column)."""
+    inodes = set()
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{p}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(int(link[8:-1]))
+    out = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if int(cols[9]) in inodes:
+                    out[int(cols[9])] = int(cols[-1])
+    return out
 
 
 def listening_ports(pid=None, proto="tcp"):
@@ -536,8 +569,11 @@ def netns_blocker():
 
 
 class Cgroup:
-    """A memory cgroup for one proxy: cgroup v2 (memory.stat kernel+sock) or,
-    where only v1 is mounted, memory.kmem.usage_in_bytes."""
+    """A cgroup for one proxy and its children.  Memory: cgroup v2
+    (memory.stat kernel+sock) or, where only v1 is mounted,
+    memory.kmem.usage_in_bytes.  CPU: v1 cpuacct.usage or v2 cpu.stat, in
+    nanoseconds of run time of every task that was ever in it (socat's
+    children included), the same clock as /proc/PID/schedstat."""
 
     def __init__(self, path, version):
         self.path, self.version = path, version
@@ -545,8 +581,27 @@ class Cgroup:
         Proc.save_state()
 
     @staticmethod
-    def probe():
+    def probe_cpu():
         """Returns (base, version) or (None, reason)."""
+        if os.geteuid() != 0:
+            return None, "not root"
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            if os.access("/sys/fs/cgroup", os.W_OK):
+                return "/sys/fs/cgroup", 2
+        elif os.access("/sys/fs/cgroup/cpuacct/cpuacct.usage", os.R_OK) and \
+                os.access("/sys/fs/cgroup/cpuacct", os.W_OK):
+            return "/sys/fs/cgroup/cpuacct", 1
+        return None, "no writable cpuacct (v1) or cgroup v2 hierarchy"
+
+    def cpu_seconds(self):
+        if self.version == 1:
+            return int(open(f"{self.path}/cpuacct.usage").read()) / 1e9
+        st = dict(line.split() for line in open(f"{self.path}/cpu.stat"))
+        return int(st["usage_usec"]) / 1e6
+
+    @staticmethod
+    def probe():
+        """Memory: returns (base, version) or (None, reason)."""
         if os.geteuid() != 0:
             return None, "not root"
         v2 = "/sys/fs/cgroup/cgroup.controllers"
@@ -614,13 +669,18 @@ class Bench:
         self.cpu_proxy, self.cpu_load = cpus_available()
         self.tool = args.ppbtool
         self.bins = {"portproxy": args.portproxy, "docker-proxy": args.docker_proxy,
-                     "haproxy": shutil.which("haproxy"), "socat": shutil.which("socat")}
+                     "haproxy": shutil.which("haproxy"), "socat": shutil.which("socat"),
+                     "floor": args.ppbtool}
         self.raw = []  # (metric, kind, run, value, extra)
         self.notes = []
         self.na = {}  # (metric, kind) -> reason
         self.structural = set()
         self.kinds = [k for k in (args.kinds.split(",") if args.kinds else KINDS)]
         self.nsobj = None
+        self.cpu_cg_base = Cgroup.probe_cpu()
+        if self.cpu_cg_base[0] is None:
+            self.note(f"proxy CPU read from /proc (no CPU cgroup: {self.cpu_cg_base[1]}); "
+                      "socat's children only at clock-tick resolution")
 
     def note(self, msg):
         if msg not in self.notes:
@@ -664,6 +724,10 @@ listen p{lport}
     server b {bip}:{bport}
 """)
             return [self.bins["haproxy"], "-f", cfg, "-db"]
+        if kind == "floor":
+            if proto != "tcp":
+                return None
+            return [self.tool, "relay", "127.0.0.1", str(lport), bip, str(bport)]
         if kind == "socat":
             if proto == "tcp":
                 return [self.bins["socat"],
@@ -682,7 +746,15 @@ listen p{lport}
         if argv is None:
             return None, None, f"{kind} has no {proto.upper()} mode"
         logp = os.path.join(self.logs, f"{kind}.log")
-        p = Proc(argv, cpus=cpus, fd3=kind in FD3_KINDS, log_path=logp, cgroup=cgroup)
+        cpucg = own = None
+        if cgroup and cgroup.version == 2 and self.cpu_cg_base[1] == 2:
+            cpucg = cgroup  # one v2 hierarchy: a process is in one cgroup of it
+        elif self.cpu_cg_base[0]:
+            cpucg = own = Cgroup.create(*self.cpu_cg_base, self.rng)
+        p = Proc(argv, cpus=cpus, fd3=kind in FD3_KINDS, log_path=logp, cgroup=[cgroup, own])
+        p.cpucg = cpucg
+        if own:
+            p.owned.append(own)
         if kind in FD3_KINDS:
             ok, msg, _ = p.read_fd3(timeout)
             p.close_fd3()
@@ -731,6 +803,8 @@ listen p{lport}
                 for svc, proto, bport in (("iperf", "tcp", self.iperf_port),
                                           ("echo", "tcp", bp["tcp"]), ("crr", "tcp", bp["crr"]),
                                           ("udp", "udp", bp["udp"])):
+                    if kind == "floor" and svc not in ("iperf", "echo"):
+                        continue  # not a proxy: only the byte-moving floor
                     p, lport, why = self.start_proxy(kind, proto, bip, bport, cpus=self.cpu_proxy)
                     if p:
                         procs.append(p)
@@ -753,6 +827,8 @@ listen p{lport}
             for flows in (1, 8):
                 self.rounds(lambda k, r: self.m_udp(pl, k, r, flows),
                             [f"{pl}.udp{flows}", f"{pl}.udploss{flows}", f"{pl}.udpcpu{flows}"])
+            self.rounds(lambda k, r: self.m_udp_open(pl, k, r),
+                        [f"{pl}.olloss", f"{pl}.oldrop", f"{pl}.olcpu"])
             if path == "loopback":
                 # alone: with other instances of the same program running, their
                 # shared text would move from Private to Shared
@@ -775,7 +851,7 @@ listen p{lport}
         run is logged and noted; a kind whose every run failed gets its metrics
         marked N/A with the last error, so its rows stay in the table."""
         runs = runs or self.cfg["runs"]
-        kinds = kinds or self.kinds
+        kinds = [k for k in kinds or self.kinds if any(applies(m, k) for m in metrics)]
         failures = {}  # kind -> (count, last error)
         if setup:
             setup()
@@ -828,7 +904,16 @@ listen p{lport}
         return t
 
     def proxy_cpu(self, p, kind):
-        return cpu_seconds(p.pid, tree=kind == "socat") if p else 0.0
+        if p is None:
+            return 0.0
+        if p.cpucg:
+            return p.cpucg.cpu_seconds()
+        return cpu_seconds(p.pid, tree=kind == "socat")
+
+    def endpoints_cpu(self):
+        """CPU of the echo backend plus every client this process has reaped."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu_seconds(self.serve.pid) + ru.ru_utime + ru.ru_stime
 
     # -------------------------------------------------------------- metrics
 
@@ -921,13 +1006,13 @@ listen p{lport}
         if t is None:
             return
         ip, port, p = t
-        c0 = self.proxy_cpu(p, kind)
+        c0, e0 = self.proxy_cpu(p, kind), self.endpoints_cpu()
         rc, out, err = run_tool([self.tool, "crr", ip, str(port), str(conc), str(self.cfg["crr_s"]),
                                  str(MSG)], cpus=self.cpu_proxy if conc == 1 else self.cpu_load,
                                 timeout=30)
-        if kind == "socat":
+        if kind == "socat" and not p.cpucg:
             time.sleep(0.1)  # let socat reap its children so their time is counted
-        c1 = self.proxy_cpu(p, kind)
+        c1, e1 = self.proxy_cpu(p, kind), self.endpoints_cpu()
         if rc:
             raise RuntimeError(f"crr: {err.strip()}")
         r = kv(out)
@@ -938,6 +1023,10 @@ listen p{lport}
         self.record(mr, kind, run, r["rate"], extra)
         if kind == "direct":
             self.set_na(mc, kind, "no proxy", True)
+            # what one connection costs both ends (and the kernel under them): a
+            # proxy is the server of one connection and the client of another
+            if r["conns"]:
+                self.record(f"{path}.crrend{conc}", kind, run, (e1 - e0) / r["conns"] * 1e6)
         elif r["conns"]:
             self.record(mc, kind, run, (c1 - c0) / r["conns"] * 1e6)
 
@@ -965,6 +1054,33 @@ listen p{lport}
             self.set_na(mc, kind, "no proxy", True)
         elif r["recv"]:
             self.record(mc, kind, run, (c1 - c0) / (2 * r["recv"]) * 1e6)
+
+    def m_udp_open(self, path, kind, run):
+        """Open loop: OPEN_RATE datagrams/s whatever comes back; the loss, and
+        the part of it the kernel dropped at the proxy's own sockets (their
+        receive buffers overflowed because the proxy did not read in time)."""
+        ml, md, mc = f"{path}.olloss", f"{path}.oldrop", f"{path}.olcpu"
+        t = self.target(kind, "udp", [ml, md, mc])
+        if t is None:
+            return
+        ip, port, p = t
+        pids = (proc_tree(p.pid) if kind == "socat" else [p.pid]) if p else []
+        d0, c0 = udp_drops(pids), self.proxy_cpu(p, kind)
+        rc, out, err = run_tool([self.tool, "udp", ip, str(port), str(OPEN_FLOWS),
+                                 str(self.cfg["udp_s"]), str(MSG), "32", str(OPEN_RATE)],
+                                cpus=self.cpu_load, timeout=30)
+        c1 = self.proxy_cpu(p, kind)
+        pids = (proc_tree(p.pid) if kind == "socat" else [p.pid]) if p else []
+        d1 = udp_drops(pids)
+        if rc:
+            raise RuntimeError(f"udp: {err.strip()}")
+        r = kv(out)
+        self.record(ml, kind, run, r["loss_pct"], f"sent={int(r['sent'])} recv={int(r['recv'])}")
+        if kind != "direct" and r["sent"]:
+            drops = sum(n - d0.get(i, 0) for i, n in d1.items())
+            self.record(md, kind, run, 100.0 * drops / r["sent"], f"drops={drops}")
+            if r["recv"]:
+                self.record(mc, kind, run, (c1 - c0) / (2 * r["recv"]) * 1e6)
 
     def m_mem(self, kind, run):
         keys = MEM_METRICS
@@ -1314,9 +1430,13 @@ def applies(m, kind):
     name = m.split(".", 1)[1]
     if m.startswith(("start.", "range.")):
         return kind in FD3_KINDS
-    if kind == "direct" and (m.startswith("mem.") or "cpu" in name):
+    if kind == "floor":
+        return name.startswith(("tput", "cpugb", "rr"))
+    if name.startswith("crrend"):
+        return kind == "direct"
+    if kind == "direct" and (m.startswith("mem.") or "cpu" in name or name == "oldrop"):
         return False
-    return not (kind == "haproxy" and name.startswith("udp"))
+    return not (kind == "haproxy" and name.startswith(("udp", "ol")))
 
 
 def ratio(a, b):
@@ -1372,6 +1492,8 @@ TARGETS = [
     ("UDP loss, 1 flow (portproxy vs docker-proxy)", "udploss1", "loss", 0, False),
     ("UDP 64 B echoes/s, 8 flows", "udp8", "ratio", 3, True),
     ("UDP loss, 8 flows (portproxy vs docker-proxy)", "udploss8", "loss", 0, False),
+    (f"UDP loss, open loop {OPEN_RATE // 1000}k/s (portproxy vs docker-proxy)", "olloss", "loss",
+     0, False),
     ("idle Pss_Anon", "mem.idle_pss_anon", "ratio", 0.2, False),
     ("Pss_Anon per idle connection", "mem.conn_pss_anon", "ratio", 0.25, False),
     ("kernel memory per idle connection", "mem.conn_kernel", "ratio", 0.25, False),
@@ -1383,8 +1505,26 @@ TARGETS = [
 ]
 
 
+# Where a lower-is-better target has a floor other than the floor kind's own
+# value: the CPU per connection of a proxy against the CPU both ends of a
+# direct connection spend (a proxy is the server of one connection and the
+# client of another).
+FLOOR_OF = {"crrcpu1": ("crrend1", "direct"), "crrcpu16": ("crrend16", "direct")}
+
+
+def floor_value(med, path, key):
+    if path is None:
+        return None
+    fk, fkind = FLOOR_OF.get(key, (key, "floor"))
+    return med.get((f"{path}.{fk}", fkind))
+
+
 def targets_md(med, na):
-    """The "Targets" section: each target of issue 6 from the medians."""
+    """The "Targets" section: each target of issue 6 from the medians.  A
+    target beyond what a direct connection does, or beyond what the floor
+    does (the least any userland proxy can do: the bench's blocking splice
+    relay, or for CPU per connection the cost of a direct connection's two
+    ends), is marked out of reach, with the floor's own figure."""
     out = ["", "## Targets (issue 6, from the medians above)", "",
            "| target | path | figure | goal | result |", "|---|---|---:|---:|---|"]
     for name, key, how, bound, higher in TARGETS:
@@ -1399,16 +1539,23 @@ def targets_md(med, na):
             goal = f"{'≥' if higher else '≤'} {bound:g}"
             reach = ""
             fig = None
+            fl = floor_value(med, path, key)
             if how == "ratio":
                 fig = ratio(pp, dp)
                 goal += "×"
                 if fig is not None and d is not None and dp is not None and (
                         bound * dp > d if higher else bound * dp < d):
                     reach = " (above direct: out of reach)"
+                elif fig is not None and fl is not None and dp and not higher and \
+                        bound * dp < fl:
+                    reach = f" (the floor is at {sig3(fl / dp)}×: out of reach)"
             elif how == "added":
                 if None not in (pp, dp, d):
                     if dp - d > 0:
                         fig = (pp - d) / (dp - d)
+                        if fl is not None and (fl - d) / (dp - d) > bound:
+                            reach = (f" (the floor adds {sig3((fl - d) / (dp - d))}× "
+                                     "docker-proxy's: out of reach)")
                     else:
                         why = "docker-proxy adds no latency over direct"
                 else:
@@ -1428,7 +1575,7 @@ def targets_md(med, na):
                     goal = "≤ docker-proxy's"
                 elif how == "value" and float(fig).is_integer():
                     figure = str(int(fig))
-                result = ("met" if met else "**not met**") + reach
+                result = "met" if met else "**not met**" + reach
             out.append(f"| {name} | {where} | {figure} | {goal} | {result} |")
     return "\n".join(out) + "\n"
 

@@ -18,12 +18,21 @@
  *   ppbtool crr HOST PORT CONC SECS SIZE
  *	CONC concurrent loops of connect, send SIZE, read SIZE, read EOF,
  *	close; prints completed connections, errors and the rate.
- *   ppbtool udp HOST PORT FLOWS SECS SIZE WINDOW
+ *   ppbtool udp HOST PORT FLOWS SECS SIZE WINDOW [RATE]
  *	FLOWS connected UDP sockets, each keeping at most WINDOW datagrams
- *	in flight; prints sent, received, rate and loss.
+ *	in flight; prints sent, received, rate and loss.  With RATE > 0 the
+ *	load is open loop instead: RATE datagrams/s in all, sent on time
+ *	whatever comes back (bursts of at most WINDOW per flow), which is
+ *	how a proxy that cannot keep up loses datagrams.
  *   ppbtool hold HOST PORT COUNT SIZE
  *	Opens COUNT connections, echoes SIZE bytes on each, prints
  *	"ready OK ERRORS", then holds them until standard input closes.
+ *   ppbtool relay ADDR LPORT HOST PORT
+ *	The floor of a userland TCP proxy, for comparison only: listens on
+ *	ADDR:LPORT (0: any; prints "port P"), then relays each connection to
+ *	HOST:PORT with blocking splice() through a 1 MiB pipe, one thread
+ *	per direction.  No event loop, no bookkeeping, no limits: the least
+ *	work a process can do to move bytes between two sockets.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -35,7 +44,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -182,14 +193,14 @@ struct conn {
 	size_t got;
 };
 
-static int listen_on(const char *host, int type)
+static int listen_on(const char *host, const char *port, int type)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	int one = 1;
 	int fd;
 
-	resolve(host, "0", type, &ss, &len);
+	resolve(host, port, type, &ss, &len);
 	fd = socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		die("socket");
@@ -263,9 +274,9 @@ static int cmd_serve(int argc, char **argv)
 	if (argc != 2)
 		return 2;
 	size = (size_t)atol(argv[1]);
-	lst[0].fd = listen_on(argv[0], SOCK_STREAM);
-	lst[1].fd = listen_on(argv[0], SOCK_STREAM);
-	lst[2].fd = listen_on(argv[0], SOCK_DGRAM);
+	lst[0].fd = listen_on(argv[0], "0", SOCK_STREAM);
+	lst[1].fd = listen_on(argv[0], "0", SOCK_STREAM);
+	lst[2].fd = listen_on(argv[0], "0", SOCK_DGRAM);
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	if (ep < 0)
 		die("epoll_create1");
@@ -532,20 +543,22 @@ static int cmd_udp(int argc, char **argv)
 	struct sockaddr_storage ss;
 	struct pollfd *pfd;
 	socklen_t len;
-	long flows, window, *outstanding;
+	long flows, window, *outstanding, next_flow = 0;
 	uint64_t *last_rx;
 	long sent = 0, recvd = 0, errs = 0;
-	double secs;
+	double secs, rate = 0;
 	size_t size;
 	uint64_t t_start, t_stop, t_drain;
 
-	if (argc != 6)
+	if (argc != 6 && argc != 7)
 		return 2;
 	flows = atol(argv[2]);
 	secs = atof(argv[3]);
 	size = (size_t)atol(argv[4]);
 	window = atol(argv[5]);
-	if (flows < 1 || flows > 1024 || size < 16 || size > 2048 || window < 1)
+	if (argc == 7)
+		rate = atof(argv[6]);
+	if (flows < 1 || flows > 1024 || size < 16 || size > 2048 || window < 1 || rate < 0)
 		return 2;
 	resolve(argv[0], argv[1], SOCK_DGRAM, &ss, &len);
 	pfd = calloc((size_t)flows, sizeof(*pfd));
@@ -574,7 +587,24 @@ static int cmd_udp(int argc, char **argv)
 
 		if (now >= t_stop)
 			break;
-		for (long i = 0; i < flows; i++) {
+		if (rate > 0) {
+			/* open loop: what is due by now goes out now, flow by flow */
+			long due = (long)((double)(now - t_start) / 1e9 * rate) - sent;
+
+			for (long k = 0; due > 0 && k < flows; k++) {
+				long i = next_flow++ % flows;
+
+				for (long b = 0; due > 0 && b < window; b++, due--) {
+					memcpy(buf, &sent, sizeof(sent));
+					/* a datagram the client's own buffer refuses is lost too */
+					if (send(pfd[i].fd, buf, size, 0) < 0 && errno != EAGAIN &&
+					    errno != ENOBUFS)
+						errs++;
+					sent++;
+				}
+			}
+		}
+		for (long i = 0; rate == 0 && i < flows; i++) {
 			/* a window with no reply for 20 ms is written off as lost */
 			if (outstanding[i] >= window && now - last_rx[i] > 20000000ull) {
 				outstanding[i] = 0;
@@ -592,7 +622,7 @@ static int cmd_udp(int argc, char **argv)
 					last_rx[i] = now;
 			}
 		}
-		poll(pfd, (nfds_t)flows, 5);
+		poll(pfd, (nfds_t)flows, rate > 0 ? 1 : 5);
 		for (long i = 0; i < flows; i++) {
 			for (int k = 0; k < 256; k++) {
 				ssize_t r = recv(pfd[i].fd, buf, sizeof(buf), 0);
@@ -667,6 +697,111 @@ static int cmd_hold(int argc, char **argv)
 	return 0;
 }
 
+/* ---- relay ---- */
+
+struct relay_pair {
+	int fd[2];		/* client, backend */
+	atomic_int halves;	/* directions still running */
+};
+
+struct relay_half {
+	struct relay_pair *pair;
+	int from, to;
+};
+
+static void *relay_half(void *arg)
+{
+	struct relay_half *h = arg;
+	struct relay_pair *pair = h->pair;
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) == 0) {
+		fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+		ssize_t n;
+
+		/* until EOF or an error on either side */
+		while ((n = splice(h->from, NULL, p[1], NULL, 1 << 20, SPLICE_F_MOVE)) > 0) {
+			while (n > 0) {
+				ssize_t m = splice(p[0], NULL, h->to, NULL, (size_t)n,
+						   SPLICE_F_MOVE);
+
+				if (m <= 0)
+					break;
+				n -= m;
+			}
+			if (n > 0)
+				break;
+		}
+		close(p[0]);
+		close(p[1]);
+	}
+	shutdown(h->to, SHUT_WR);
+	free(h);
+	if (atomic_fetch_sub(&pair->halves, 1) == 1) {
+		close(pair->fd[0]);
+		close(pair->fd[1]);
+		free(pair);
+	}
+	return NULL;
+}
+
+static int cmd_relay(int argc, char **argv)
+{
+	struct sockaddr_storage ss;
+	pthread_attr_t attr;
+	socklen_t len;
+	int lfd, fl;
+
+	if (argc != 4)
+		return 2;
+	resolve(argv[2], argv[3], SOCK_STREAM, &ss, &len);
+	lfd = listen_on(argv[0], argv[1], SOCK_STREAM);
+	fl = fcntl(lfd, F_GETFL);
+	fcntl(lfd, F_SETFL, fl & ~O_NONBLOCK);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 64 << 10);
+	printf("port %d\n", port_of(lfd));
+	fflush(stdout);
+	while (!stop) {
+		int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		struct relay_pair *pair;
+		int bfd;
+
+		if (cfd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			die("accept4");
+		}
+		set_nodelay(cfd);
+		bfd = connect_to(&ss, len, false);
+		pair = calloc(1, sizeof(*pair));
+		if (bfd < 0 || !pair) {
+			close(cfd);
+			if (bfd >= 0)
+				close(bfd);
+			free(pair);
+			continue;
+		}
+		pair->fd[0] = cfd;
+		pair->fd[1] = bfd;
+		atomic_init(&pair->halves, 2);
+		for (int d = 0; d < 2; d++) {
+			struct relay_half *h = malloc(sizeof(*h));
+			pthread_t t;
+
+			if (!h)
+				die("malloc");
+			*h = (struct relay_half){ pair, pair->fd[d], pair->fd[!d] };
+			if (pthread_create(&t, &attr, relay_half, h)) {
+				errno = EAGAIN;
+				die("pthread_create");
+			}
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -688,11 +823,14 @@ int main(int argc, char **argv)
 			rc = cmd_udp(argc - 2, argv + 2);
 		else if (!strcmp(argv[1], "hold"))
 			rc = cmd_hold(argc - 2, argv + 2);
+		else if (!strcmp(argv[1], "relay"))
+			rc = cmd_relay(argc - 2, argv + 2);
 		if (rc != 2 && rc != -1)
 			return rc;
 	}
 	fprintf(stderr, "usage: ppbtool serve ADDR SIZE | rr HOST PORT COUNT SIZE MAXSEC |\n"
-			"       crr HOST PORT CONC SECS SIZE | udp HOST PORT FLOWS SECS SIZE WINDOW |\n"
-			"       hold HOST PORT COUNT SIZE\n");
+			"       crr HOST PORT CONC SECS SIZE |\n"
+			"       udp HOST PORT FLOWS SECS SIZE WINDOW [RATE] |\n"
+			"       hold HOST PORT COUNT SIZE | relay ADDR LPORT HOST PORT\n");
 	return 2;
 }
