@@ -15,7 +15,9 @@
  *
  * The pump of direction i, in order:
  *   1. flush: splice the pipe out to fd[!i] until it is empty. EAGAIN means
- *      fd[!i] is full: stop, the EV_WRITE edge on fd[!i] calls us back.
+ *      fd[!i] is full: stop, and stop watching fd[i]'s input until the
+ *      EV_WRITE edge on fd[!i] calls us back (a sender that keeps sending
+ *      would otherwise wake us once per segment for nothing).
  *   2. at EOF of fd[i] with an empty pipe: shutdown(fd[!i], SHUT_WR). Only
  *      now: a FIN must never overtake data.
  *   3. fill: splice fd[i] into the (empty) pipe. We only ever read into an
@@ -30,7 +32,8 @@
  *               armed. Refused, unreachable or timed out: the client gets
  *               an RST, as kernel NAT would give it.
  *   RELAYING    both events armed, edge-triggered, EV_READ|EV_WRITE, added
- *               once and never modified: no epoll_ctl per transfer.
+ *               once: no epoll_ctl per transfer. Only a full output
+ *               changes them (fd[i] loses EV_READ until fd[!i] drains).
  *   half-closed one direction has seen EOF and shut its output; the other
  *               runs on.
  *   closed      both directions shut: close both sockets (FIN already sent).
@@ -71,6 +74,7 @@ struct dir {
 	bool d_readable;  /* fd[i] may have data: no EAGAIN since the last edge */
 	bool d_eof;       /* fd[i] sent FIN */
 	bool d_shut;      /* fd[!i] shut down for writing */
+	bool d_paused;    /* fd[!i] is full: not listening for fd[i]'s input */
 };
 
 struct conn {
@@ -209,6 +213,23 @@ static ssize_t dir_flush(struct dir *d, int out)
 	return n;
 }
 
+/*
+ * While direction i's output is full, stop listening for its input: every
+ * segment arriving on fd[i] would wake us for nothing until fd[!i] drains.
+ * fd[i]'s EV_WRITE (the other direction's output) stays armed.
+ */
+static int conn_listen_input(struct conn *c, enum side i, bool on)
+{
+	short what = EV_WRITE | EV_PERSIST | EV_ET | (on ? EV_READ : 0);
+
+	if (c->c_dir[i].d_paused == !on)
+		return 0;
+	c->c_dir[i].d_paused = !on;
+	event_del(c->c_ev[i]);
+	event_assign(c->c_ev[i], c->c_relay->r_base, c->c_fd[i], what, conn_event, c);
+	return event_add(c->c_ev[i], NULL) < 0 ? -ENOMEM : 0;
+}
+
 /**
  * dir_pump() - move what direction @i can move now (see the theory above)
  *
@@ -231,7 +252,8 @@ static int dir_pump(struct conn *c, enum side i)
 				c->c_bytes[i] += (size_t)n;
 				r->r_stats.bytes[i] += (size_t)n;
 			} else if (n == -EAGAIN) {
-				return 0; /* backpressure: fd[!i]'s EV_WRITE resumes us */
+				/* backpressure: fd[!i]'s EV_WRITE resumes us */
+				return conn_listen_input(c, i, false);
 			} else if (n != -EINTR) {
 				return n < 0 ? (int)n : -EPIPE;
 			}
@@ -343,6 +365,10 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 	}
 	if (what & EV_READ)
 		c->c_dir[s].d_readable = true;
+	if ((what & EV_WRITE) && conn_listen_input(c, (enum side)!s, true) < 0) {
+		conn_close(c, true, "out of memory", -ENOMEM);
+		return;
+	}
 	conn_pump(c);
 }
 

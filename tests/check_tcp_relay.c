@@ -6,6 +6,7 @@
  *   client app <-socketpair-> relay <-socketpair-> backend app
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +42,7 @@ static struct event_base *base;
 static struct pipe_pool *pool;
 static struct tcp_relay *relay;
 static struct end cli, srv;
+static int relay_cli_fd; /* the relay's end of the client socketpair */
 
 static void make_relay(size_t pipe_size, unsigned max_pipes)
 {
@@ -62,6 +65,7 @@ static void make_relay(size_t pipe_size, unsigned max_pipes)
 	cli.fd = a[0];
 	srv.fd = b[1];
 	cli.reading = srv.reading = true;
+	relay_cli_fd = a[1];
 	ck_assert_int_eq(tcp_relay_join(relay, a[1], b[0]), 0);
 }
 
@@ -293,6 +297,70 @@ START_TEST(backpressure_loses_nothing)
 }
 END_TEST
 
+/* The events this process's epoll set watches on @fd, from /proc fdinfo. */
+static uint32_t epoll_watch_mask(int fd)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *de;
+	bool found = false;
+	uint32_t mask = 0;
+
+	ck_assert_ptr_nonnull(dir);
+	while (!found && (de = readdir(dir))) {
+		char path[300], line[256], link[64];
+		ssize_t len;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		len = readlink(path, link, sizeof(link) - 1);
+		if (len < 0 || strncmp(link, "anon_inode:[eventpoll]", (size_t)len) != 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%s", de->d_name);
+		f = fopen(path, "r");
+		while (f && fgets(line, sizeof(line), f)) {
+			int tfd;
+			unsigned ev;
+
+			if (sscanf(line, "tfd: %d events: %x", &tfd, &ev) == 2 && tfd == fd) {
+				mask = ev;
+				found = true;
+			}
+		}
+		if (f)
+			fclose(f);
+	}
+	closedir(dir);
+	ck_assert_msg(found, "fd %d is in no epoll set", fd);
+	return mask;
+}
+
+START_TEST(full_output_stops_input_wakeups)
+{
+	size_t n = 16 << 20;
+	uint8_t *up = random_bytes(n, 4);
+	uint32_t mask;
+
+	cli.tx = up;
+	cli.txlen = n;
+	cli.shut_when_sent = true;
+	srv.reading = false;
+	end_expect(&srv, n);
+	drive(NULL, 300);
+	/* The backend's side is full: each segment the client sends would
+	 * wake the relay for nothing, so its input is no longer watched... */
+	ck_assert_uint_lt(cli.txoff, n);
+	mask = epoll_watch_mask(relay_cli_fd);
+	ck_assert_msg(!(mask & EPOLLIN), "client input still watched: events %#x", mask);
+	ck_assert(mask & EPOLLOUT); /* ...while its output still is */
+	/* and it is watched again once the backend drains: all arrives */
+	srv.reading = true;
+	ck_assert(drive(srv_got_eof, 10000));
+	ck_assert_uint_eq(srv.rxlen, n);
+	ck_assert(!memcmp(srv.rx, up, n));
+	free(up);
+}
+END_TEST
+
 static bool cli_done(void)
 {
 	return cli.eof || cli.rxerr;
@@ -352,6 +420,7 @@ static Suite *tcp_relay_suite(void)
 	tcase_add_test(pipes, half_close_client_first);
 	tcase_add_test(pipes, half_close_backend_first);
 	tcase_add_test(pipes, backpressure_loses_nothing);
+	tcase_add_test(pipes, full_output_stops_input_wakeups);
 	tcase_add_test(pipes, backend_vanishes_mid_stream);
 	tcase_add_test(pipes, idle_connection_holds_no_pipe);
 	tcase_set_timeout(pipes, 30);
@@ -362,6 +431,7 @@ static Suite *tcp_relay_suite(void)
 	tcase_add_checked_fixture(copy, setup_copy, teardown);
 	tcase_add_test(copy, bulk_copy_fallback);
 	tcase_add_test(copy, backpressure_loses_nothing);
+	tcase_add_test(copy, full_output_stops_input_wakeups);
 	tcase_set_timeout(copy, 30);
 	suite_add_tcase(s, pipes);
 	suite_add_tcase(s, small);
