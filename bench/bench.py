@@ -77,6 +77,8 @@ metric("mem.hold_private", "Private with 1000 connections", "KiB", "lower")
 metric("mem.conn_pss_anon", "Pss_Anon per connection", "KiB", "lower")
 metric("mem.conn_private", "Private per connection", "KiB", "lower")
 metric("mem.conn_kernel", "kernel memory per connection (cgroup)", "KiB", "lower")
+metric("mem.conn_kernel_ends", "kernel memory per connection, both ends of a direct one (cgroup)",
+       "KiB", "lower")
 metric("mem.pipes", "pipe fds held with 1000 idle connections (over idle)", "", "lower")
 MEM_METRICS = [m for m in METRICS if m.startswith("mem.")]
 metric("start.p50", "start-up to \"0\\n\" on fd 3, median", "ms", "lower")
@@ -834,8 +836,7 @@ listen p{lport}
                 # shared text would move from Private to Shared
                 for p in procs[1:]:
                     p.stop()
-                self.rounds(lambda k, r: self.m_mem(k, r), MEM_METRICS, runs=cfg["mem_runs"],
-                            kinds=[k for k in self.kinds if k != "direct"])
+                self.rounds(lambda k, r: self.m_mem(k, r), MEM_METRICS, runs=cfg["mem_runs"])
         finally:
             for p in reversed(procs):
                 p.stop()
@@ -1082,8 +1083,52 @@ listen p{lport}
             if r["recv"]:
                 self.record(mc, kind, run, (c1 - c0) / (2 * r["recv"]) * 1e6)
 
+    def m_mem_direct(self, run):
+        """Kernel memory of both ends of 1000 idle direct connections: a
+        fresh echo backend and the holding client, in one memory cgroup.
+        A proxy holds the same per connection (the server end of one, the
+        client end of another), so this is its floor."""
+        m = "mem.conn_kernel_ends"
+        base, ver = self.cg_base
+        if not base:
+            self.set_na(m, "direct", ver)
+            return
+        cg = Cgroup.create(base, ver, self.rng)
+        serve = holder = None
+        try:
+            serve = Proc([self.tool, "serve", "127.0.0.1", str(MSG)], cpus=self.cpu_load,
+                         stdout_pipe=True, cgroup=cg)
+            line = serve.readline(10)
+            if not line:
+                raise RuntimeError("echo backend did not start")
+            port = dict(zip(line.split()[0::2], line.split()[1::2]))["tcp"]
+            time.sleep(0.3)
+            k0 = cg.kernel_bytes()
+            n = self.cfg["hold"]
+            holder = Proc([self.tool, "hold", "127.0.0.1", port, str(n), str(MSG)],
+                          cpus=self.cpu_load, stdin_pipe=True, stdout_pipe=True, cgroup=cg)
+            line = holder.readline(30)
+            if not line or not line.startswith("ready"):
+                raise RuntimeError("hold, direct: no ready line")
+            ok = int(line.split()[1])
+            time.sleep(0.5)
+            if ok:
+                self.record(m, "direct", run, (cg.kernel_bytes() - k0) / 1024 / ok, f"conns={ok}")
+        finally:
+            if holder:
+                os.close(holder.stdin)
+                holder.stdin = None
+                with contextlib.suppress(TimeoutError):
+                    holder.communicate(10)
+                holder.stop()
+            if serve:
+                serve.stop()
+            cg.remove()
+
     def m_mem(self, kind, run):
-        keys = MEM_METRICS
+        if kind == "direct":
+            return self.m_mem_direct(run)
+        keys = [m for m in MEM_METRICS if applies(m, kind)]
         self.check_backend()
         echo = self.targets["direct"]["echo"]
         cg = None
@@ -1432,7 +1477,7 @@ def applies(m, kind):
         return kind in FD3_KINDS
     if kind == "floor":
         return name.startswith(("tput", "cpugb", "rr"))
-    if name.startswith("crrend"):
+    if name.startswith(("crrend", "conn_kernel_ends")):
         return kind == "direct"
     if kind == "direct" and (m.startswith("mem.") or "cpu" in name or name == "oldrop"):
         return False
@@ -1509,14 +1554,13 @@ TARGETS = [
 # value: the CPU per connection of a proxy against the CPU both ends of a
 # direct connection spend (a proxy is the server of one connection and the
 # client of another).
-FLOOR_OF = {"crrcpu1": ("crrend1", "direct"), "crrcpu16": ("crrend16", "direct")}
+FLOOR_OF = {"crrcpu1": ("crrend1", "direct"), "crrcpu16": ("crrend16", "direct"),
+            "mem.conn_kernel": ("mem.conn_kernel_ends", "direct")}
 
 
 def floor_value(med, path, key):
-    if path is None:
-        return None
     fk, fkind = FLOOR_OF.get(key, (key, "floor"))
-    return med.get((f"{path}.{fk}", fkind))
+    return med.get((fk if path is None else f"{path}.{fk}", fkind))
 
 
 def targets_md(med, na):

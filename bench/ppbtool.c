@@ -92,10 +92,11 @@ static void raise_nofile(void)
 	}
 }
 
-static void resolve(const char *host, const char *port, int type,
-		    struct sockaddr_storage *ss, socklen_t *len)
+static void resolve(const char *host, const char *port, int type, struct sockaddr_storage *ss,
+		    socklen_t *len)
 {
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = type,
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = type,
 				  .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
 	struct addrinfo *res;
 	int rc = getaddrinfo(host, port, &hints, &res);
@@ -230,7 +231,7 @@ static void ep_add(int ep, struct conn *c)
 
 static void conn_close(struct conn *c)
 {
-	close(c->fd);	/* also removes it from the epoll set */
+	close(c->fd); /* also removes it from the epoll set */
 	free(c);
 }
 
@@ -248,9 +249,10 @@ static void udp_echo(int fd)
 		for (int i = 0; i < B; i++) {
 			iov[i].iov_base = bufs[i];
 			iov[i].iov_len = sizeof(bufs[i]);
-			msgs[i].msg_hdr = (struct msghdr){
-				.msg_name = &from[i], .msg_namelen = sizeof(from[i]),
-				.msg_iov = &iov[i], .msg_iovlen = 1 };
+			msgs[i].msg_hdr = (struct msghdr){ .msg_name = &from[i],
+							   .msg_namelen = sizeof(from[i]),
+							   .msg_iov = &iov[i],
+							   .msg_iovlen = 1 };
 		}
 		n = recvmmsg(fd, msgs, B, MSG_DONTWAIT, NULL);
 		if (n <= 0)
@@ -338,8 +340,8 @@ static int cmd_serve(int argc, char **argv)
 
 static int connect_to(struct sockaddr_storage *ss, socklen_t len, bool nonblock)
 {
-	int fd = socket(ss->ss_family,
-			SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0),
+			0);
 
 	if (fd < 0)
 		return -1;
@@ -532,8 +534,7 @@ static int cmd_crr(int argc, char **argv)
 		}
 	}
 	secs = (double)(t_stop - t_start) / 1e9;
-	printf("conns=%ld errors=%ld secs=%.3f rate=%.1f\n", done, errs, secs,
-	       (double)done / secs);
+	printf("conns=%ld errors=%ld secs=%.3f rate=%.1f\n", done, errs, secs, (double)done / secs);
 	return 0;
 }
 
@@ -700,8 +701,8 @@ static int cmd_hold(int argc, char **argv)
 /* ---- relay ---- */
 
 struct relay_pair {
-	int fd[2];		/* client, backend */
-	atomic_int halves;	/* directions still running */
+	int fd[2];         /* client, backend */
+	atomic_int halves; /* directions still running */
 };
 
 struct relay_half {
@@ -722,8 +723,8 @@ static void *relay_half(void *arg)
 		/* until EOF or an error on either side */
 		while ((n = splice(h->from, NULL, p[1], NULL, 1 << 20, SPLICE_F_MOVE)) > 0) {
 			while (n > 0) {
-				ssize_t m = splice(p[0], NULL, h->to, NULL, (size_t)n,
-						   SPLICE_F_MOVE);
+				ssize_t m =
+					splice(p[0], NULL, h->to, NULL, (size_t)n, SPLICE_F_MOVE);
 
 				if (m <= 0)
 					break;
