@@ -324,6 +324,18 @@ class Proc:
 STATE_EXTRA = []
 
 
+def release_holder(holder):
+    """End a `ppbtool hold`: EOF on its stdin makes it close its connections
+    and exit."""
+    if not holder:
+        return
+    os.close(holder.stdin)
+    holder.stdin = None
+    with contextlib.suppress(TimeoutError):
+        holder.communicate(10)
+    holder.stop()
+
+
 def run_tool(argv, *, cpus=None, ns=None, timeout=60):
     p = Proc(argv, cpus=cpus, ns=ns, stdout_pipe=True, stderr_pipe=True)
     return p.communicate(timeout)
@@ -1115,12 +1127,7 @@ listen p{lport}
             if ok:
                 self.record(m, "direct", run, (cg.kernel_bytes() - k0) / 1024 / ok, f"conns={ok}")
         finally:
-            if holder:
-                os.close(holder.stdin)
-                holder.stdin = None
-                with contextlib.suppress(TimeoutError):
-                    holder.communicate(10)
-                holder.stop()
+            release_holder(holder)
             if serve:
                 serve.stop()
             cg.remove()
@@ -1177,12 +1184,7 @@ listen p{lport}
                 if cg:
                     self.record("mem.conn_kernel", kind, run, (k1 - k0) / 1024 / ok)
         finally:
-            if holder:
-                os.close(holder.stdin)  # EOF: the holder closes its connections and exits
-                holder.stdin = None
-                with contextlib.suppress(TimeoutError):
-                    holder.communicate(10)
-                holder.stop()
+            release_holder(holder)
             if p:
                 p.stop()
             if cg:

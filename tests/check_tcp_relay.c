@@ -272,31 +272,6 @@ START_TEST(half_close_backend_first)
 }
 END_TEST
 
-START_TEST(backpressure_loses_nothing)
-{
-	size_t n = 16 << 20;
-	uint8_t *up = random_bytes(n, 3);
-	struct tcp_relay_stats st;
-
-	cli.tx = up;
-	cli.txlen = n;
-	cli.shut_when_sent = true;
-	srv.reading = false;
-	end_expect(&srv, n);
-	drive(NULL, 300);
-	/* The backend reads nothing: the relay must stop reading the client. */
-	ck_assert_uint_lt(cli.txoff, n);
-	tcp_relay_stats(relay, &st);
-	ck_assert_uint_lt(st.bytes[0], n);
-	ck_assert_uint_le(pipe_pool_in_use(pool), 1);
-	srv.reading = true;
-	ck_assert(drive(srv_got_eof, 10000));
-	ck_assert_uint_eq(srv.rxlen, n);
-	ck_assert(!memcmp(srv.rx, up, n));
-	free(up);
-}
-END_TEST
-
 /* The events this process's epoll set watches on @fd, from /proc fdinfo. */
 static uint32_t epoll_watch_mask(int fd)
 {
@@ -334,10 +309,11 @@ static uint32_t epoll_watch_mask(int fd)
 	return mask;
 }
 
-START_TEST(full_output_stops_input_wakeups)
+START_TEST(backpressure_loses_nothing)
 {
 	size_t n = 16 << 20;
-	uint8_t *up = random_bytes(n, 4);
+	uint8_t *up = random_bytes(n, 3);
+	struct tcp_relay_stats st;
 	uint32_t mask;
 
 	cli.tx = up;
@@ -346,13 +322,17 @@ START_TEST(full_output_stops_input_wakeups)
 	srv.reading = false;
 	end_expect(&srv, n);
 	drive(NULL, 300);
-	/* The backend's side is full: each segment the client sends would
-	 * wake the relay for nothing, so its input is no longer watched... */
+	/* The backend reads nothing: the relay must stop reading the client. */
 	ck_assert_uint_lt(cli.txoff, n);
+	tcp_relay_stats(relay, &st);
+	ck_assert_uint_lt(st.bytes[0], n);
+	ck_assert_uint_le(pipe_pool_in_use(pool), 1);
+	/* Nor listen to it: each segment the client sends would wake the relay
+	 * for nothing. Its output (the other direction) stays watched. */
 	mask = epoll_watch_mask(relay_cli_fd);
 	ck_assert_msg(!(mask & EPOLLIN), "client input still watched: events %#x", mask);
-	ck_assert(mask & EPOLLOUT); /* ...while its output still is */
-	/* and it is watched again once the backend drains: all arrives */
+	ck_assert(mask & EPOLLOUT);
+	/* Watched again once the backend drains: everything arrives. */
 	srv.reading = true;
 	ck_assert(drive(srv_got_eof, 10000));
 	ck_assert_uint_eq(srv.rxlen, n);
@@ -420,7 +400,6 @@ static Suite *tcp_relay_suite(void)
 	tcase_add_test(pipes, half_close_client_first);
 	tcase_add_test(pipes, half_close_backend_first);
 	tcase_add_test(pipes, backpressure_loses_nothing);
-	tcase_add_test(pipes, full_output_stops_input_wakeups);
 	tcase_add_test(pipes, backend_vanishes_mid_stream);
 	tcase_add_test(pipes, idle_connection_holds_no_pipe);
 	tcase_set_timeout(pipes, 30);
@@ -431,7 +410,6 @@ static Suite *tcp_relay_suite(void)
 	tcase_add_checked_fixture(copy, setup_copy, teardown);
 	tcase_add_test(copy, bulk_copy_fallback);
 	tcase_add_test(copy, backpressure_loses_nothing);
-	tcase_add_test(copy, full_output_stops_input_wakeups);
 	tcase_set_timeout(copy, 30);
 	suite_add_tcase(s, pipes);
 	suite_add_tcase(s, small);
