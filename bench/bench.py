@@ -69,6 +69,7 @@ for _p in ("loopback", "netns"):
     _o = f"open loop {OPEN_RATE // 1000}k/s, {OPEN_FLOWS} flows"
     metric(f"{_p}.olloss", f"UDP loss, {_o}", "%", "lower")
     metric(f"{_p}.oldrop", f"UDP dropped at the proxy's own sockets, {_o}", "%", "lower")
+    metric(f"{_p}.olbedrop", f"UDP dropped at the echo backend's socket, {_o}", "%", "lower")
     metric(f"{_p}.olcpu", f"proxy CPU per datagram, {_o}", "µs", "lower")
 metric("mem.idle_pss_anon", "idle Pss_Anon", "KiB", "lower")
 metric("mem.idle_private", "idle Private (clean+dirty)", "KiB", "lower")
@@ -430,24 +431,25 @@ def count_pipes(pids):
 
 
 def udp_drops(pids):
-    """{socket inode: drops} for the UDP sockets these processes hold
-    (/proc/net/udp and udp6 of this network namespace, last column)."""
-    inodes = set()
+    """{socket inode: drops} for the UDP sockets these processes hold (the
+    last column of /proc/PID/net/udp and udp6: each process's own network
+    namespace)."""
+    out = {}
     for p in pids:
+        inodes = set()
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{p}/fd"):
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"/proc/{p}/fd/{fd}")
                     if link.startswith("socket:["):
                         inodes.add(int(link[8:-1]))
-    out = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if int(cols[9]) in inodes:
-                    out[int(cols[9])] = int(cols[-1])
+        for table in (f"/proc/{p}/net/udp", f"/proc/{p}/net/udp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if int(cols[9]) in inodes:
+                        out[int(cols[9])] = int(cols[-1])
     return out
 
 
@@ -842,7 +844,7 @@ listen p{lport}
                 self.rounds(lambda k, r: self.m_udp(pl, k, r, flows),
                             [f"{pl}.udp{flows}", f"{pl}.udploss{flows}", f"{pl}.udpcpu{flows}"])
             self.rounds(lambda k, r: self.m_udp_open(pl, k, r),
-                        [f"{pl}.olloss", f"{pl}.oldrop", f"{pl}.olcpu"])
+                        [f"{pl}.olloss", f"{pl}.oldrop", f"{pl}.olbedrop", f"{pl}.olcpu"])
             if path == "loopback":
                 # alone: with other instances of the same program running, their
                 # shared text would move from Private to Shared
@@ -1073,22 +1075,27 @@ listen p{lport}
         the part of it the kernel dropped at the proxy's own sockets (their
         receive buffers overflowed because the proxy did not read in time)."""
         ml, md, mc = f"{path}.olloss", f"{path}.oldrop", f"{path}.olcpu"
-        t = self.target(kind, "udp", [ml, md, mc])
+        mb = f"{path}.olbedrop"
+        t = self.target(kind, "udp", [ml, md, mc, mb])
         if t is None:
             return
         ip, port, p = t
         pids = (proc_tree(p.pid) if kind == "socat" else [p.pid]) if p else []
         d0, c0 = udp_drops(pids), self.proxy_cpu(p, kind)
+        b0 = udp_drops([self.serve.pid])
         rc, out, err = run_tool([self.tool, "udp", ip, str(port), str(OPEN_FLOWS),
                                  str(self.cfg["udp_s"]), str(MSG), "32", str(OPEN_RATE)],
                                 cpus=self.cpu_load, timeout=30)
         c1 = self.proxy_cpu(p, kind)
         pids = (proc_tree(p.pid) if kind == "socat" else [p.pid]) if p else []
-        d1 = udp_drops(pids)
+        d1, b1 = udp_drops(pids), udp_drops([self.serve.pid])
         if rc:
             raise RuntimeError(f"udp: {err.strip()}")
         r = kv(out)
         self.record(ml, kind, run, r["loss_pct"], f"sent={int(r['sent'])} recv={int(r['recv'])}")
+        if r["sent"]:
+            drops = sum(n - b0.get(i, 0) for i, n in b1.items())
+            self.record(mb, kind, run, 100.0 * drops / r["sent"], f"drops={drops}")
         if kind != "direct" and r["sent"]:
             drops = sum(n - d0.get(i, 0) for i, n in d1.items())
             self.record(md, kind, run, 100.0 * drops / r["sent"], f"drops={drops}")
