@@ -721,10 +721,9 @@ static void *relay_half(void *arg)
 		ssize_t n;
 
 		/* until EOF or an error on either side */
-		while ((n = splice(h->from, NULL, p[1], NULL, 1 << 20, SPLICE_F_MOVE)) > 0) {
+		while ((n = splice(h->from, NULL, p[1], NULL, 1 << 20, 0)) > 0) {
 			while (n > 0) {
-				ssize_t m =
-					splice(p[0], NULL, h->to, NULL, (size_t)n, SPLICE_F_MOVE);
+				ssize_t m = splice(p[0], NULL, h->to, NULL, (size_t)n, 0);
 
 				if (m <= 0)
 					break;

@@ -21,8 +21,8 @@
  * loop_new() - an event base for portproxy
  *
  * Single-threaded (no locks), and it must offer edge-triggered O(1) events
- * (epoll): the relays add each socket once, edge-triggered, and never
- * modify it.
+ * (epoll): the relays add each socket once, edge-triggered, and change it
+ * only while an output is full (see tcp_relay.c).
  * Return: the base, or NULL
  */
 struct event_base *loop_new(void)

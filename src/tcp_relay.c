@@ -213,10 +213,17 @@ static ssize_t dir_flush(struct dir *d, int out)
 	return n;
 }
 
-/*
- * While direction i's output is full, stop listening for its input: every
- * segment arriving on fd[i] would wake us for nothing until fd[!i] drains.
- * fd[i]'s EV_WRITE (the other direction's output) stays armed.
+/**
+ * conn_listen_input() - watch direction @i's input (fd[i]) or stop watching it
+ *
+ * While direction i's output is full, every segment arriving on fd[i] would
+ * wake us for nothing until fd[!i] drains, so its input is not watched.
+ * fd[i]'s EV_WRITE (the other direction's output) stays armed either way.
+ * Re-adding the event drops an activation still queued for it; that is safe
+ * because adding an edge-triggered event reports the socket's current
+ * readiness again, and a pump that yields re-arms itself after this.
+ *
+ * Return: 0, or -ENOMEM (the event could not be added)
  */
 static int conn_listen_input(struct conn *c, enum side i, bool on)
 {
@@ -365,7 +372,7 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 	}
 	if (what & EV_READ)
 		c->c_dir[s].d_readable = true;
-	if ((what & EV_WRITE) && conn_listen_input(c, (enum side)!s, true) < 0) {
+	if ((what & EV_WRITE) && conn_listen_input(c, (enum side) !s, true) < 0) {
 		conn_close(c, true, "out of memory", -ENOMEM);
 		return;
 	}
