@@ -170,6 +170,37 @@ def proxy_args(host_port, container_ip, container_port, host_ip="127.0.0.1", pro
     return args
 
 
+def start_proxy(case, backend_port, host_ip="127.0.0.1", container_ip="127.0.0.1", proto="tcp",
+                host_port=None, extra=(), attempts=3, **kw):
+    """For the unittest.TestCase `case`: spawn a proxy host_ip:<port> ->
+    container_ip:backend_port exactly as dockerd does (`extra` flags after dockerd's), clean
+    it up with the case, and require handshake "0" (case.fail otherwise). Without host_port
+    a free port is picked, and picked again if it got taken meanwhile. Returns the Proxy,
+    .port set."""
+    stype = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    for attempt in range(attempts):
+        port = host_port if host_port is not None else free_port(host_ip, stype)
+        args = proxy_args(port, container_ip, backend_port, host_ip=host_ip, proto=proto)
+        p = spawn(args + list(extra), **kw)
+        case.addCleanup(p.cleanup)
+        if p.status == "0":
+            p.port = port
+            return p
+        if host_port is None and "in use" in p.message and attempt + 1 < attempts:
+            continue
+        case.fail("proxy did not start: argv=%r %s" % (p.argv, p.describe()))
+
+
+def echo_until_eof(conn):
+    """Backend side: send back what conn sends (bounded), then shut down writing at EOF."""
+    for _ in range(1 << 20):
+        d = conn.recv(1 << 16)
+        if not d:
+            break
+        conn.sendall(d)
+    conn.shutdown(socket.SHUT_WR)
+
+
 class Proxy:
     """A spawned portproxy.
 

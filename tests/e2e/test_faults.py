@@ -272,12 +272,7 @@ def fault_handler(conn, addr, srv):
     cmd = conn.recv(1)
     if cmd == b"E":
         conn.sendall(cmd)
-        for _ in range(1 << 20):
-            d = conn.recv(1 << 16)
-            if not d:
-                break
-            conn.sendall(d)
-        conn.shutdown(socket.SHUT_WR)
+        pp.echo_until_eof(conn)
     elif cmd == b"X":
         data = random_payload(MiB)
         rec = {"sent": data}
@@ -326,23 +321,9 @@ def fault_handler(conn, addr, srv):
 class FaultCase(unittest.TestCase):
     """Helpers shared by the test classes; everything is cleaned up with addCleanup."""
 
-    def start_proxy(self, backend_port, proto="tcp", extra=(), attempts=3, **kw):
-        """Spawn 127.0.0.1:<free port> -> 127.0.0.1:backend_port with dockerd's argv (then
-        `extra`) and require handshake "0". Returns the Proxy (.port set)."""
-        stype = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-        for attempt in range(attempts):
-            port = pp.free_port("127.0.0.1", stype)
-            args = pp.proxy_args(port, "127.0.0.1", backend_port, proto=proto) + list(extra)
-            p = pp.spawn(args, **kw)
-            self.addCleanup(p.cleanup)
-            if p.status == "0":
-                p.port = port
-                return p
-            if "in use" in p.message and attempt + 1 < attempts:
-                continue
-            if proto == "udp":
-                self.skipTest("-proto udp does not start yet: %s" % p.describe())
-            self.fail("proxy did not start: argv=%r %s" % (p.argv, p.describe()))
+    def start_proxy(self, backend_port, **kw):
+        """127.0.0.1:<free port> -> 127.0.0.1:backend_port (pp.start_proxy)."""
+        return pp.start_proxy(self, backend_port, **kw)
 
     def echo_server(self, **kw):
         s = pp.EchoServer("127.0.0.1", **kw)

@@ -77,12 +77,7 @@ def modal_handler(conn, addr, srv):
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     cmd = conn.recv(1)
     if cmd == b"E":
-        for _ in range(1 << 20):
-            d = conn.recv(1 << 16)
-            if not d:
-                break
-            conn.sendall(d)
-        conn.shutdown(socket.SHUT_WR)
+        pp.echo_until_eof(conn)
     elif cmd == b"H":
         data = pp.recv_until_eof(conn, timeout=10)
         conn.sendall(b"got %d %s" % (len(data), hashlib.sha256(data).hexdigest().encode()))
@@ -144,20 +139,9 @@ def modal_handler(conn, addr, srv):
 class ProxyTestCase(unittest.TestCase):
     """Helpers shared by all the test classes; everything is cleaned up with addCleanup."""
 
-    def start_proxy(self, backend_port, host_ip="127.0.0.1", container_ip="127.0.0.1",
-                    host_port=None, attempts=3, **kw):
-        """Spawn a proxy host_ip:<port> -> container_ip:backend_port and require handshake "0".
-        Without host_port a free port is picked (retried if it got taken meanwhile)."""
-        for attempt in range(attempts):
-            port = host_port if host_port is not None else pp.free_port(host_ip)
-            p = pp.spawn(pp.proxy_args(port, container_ip, backend_port, host_ip=host_ip), **kw)
-            self.addCleanup(p.cleanup)
-            if p.status == "0":
-                p.port = port
-                return p
-            if host_port is None and "in use" in p.message and attempt + 1 < attempts:
-                continue
-            self.fail("proxy did not start: argv=%r %s" % (p.argv, p.describe()))
+    def start_proxy(self, backend_port, **kw):
+        """A TCP proxy to backend_port (pp.start_proxy)."""
+        return pp.start_proxy(self, backend_port, **kw)
 
     def echo_server(self, host="127.0.0.1", **kw):
         s = pp.EchoServer(host, **kw)

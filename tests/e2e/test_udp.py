@@ -86,22 +86,9 @@ exchange = pp.udp_exchange
 class UdpTestCase(unittest.TestCase):
     """Helpers; everything is cleaned up with addCleanup."""
 
-    def start_proxy(self, backend_port, host_ip="127.0.0.1", container_ip="127.0.0.1",
-                    extra=(), attempts=3, **kw):
-        """Spawn a UDP proxy host_ip:<free port> -> container_ip:backend_port, exactly as dockerd
-        does (extra flags, if any, come after dockerd's), and require handshake "0"."""
-        for attempt in range(attempts):
-            port = pp.free_port(host_ip, socket.SOCK_DGRAM)
-            args = pp.proxy_args(port, container_ip, backend_port, host_ip=host_ip,
-                                 proto="udp") + list(extra)
-            p = pp.spawn(args, **kw)
-            self.addCleanup(p.cleanup)
-            if p.status == "0":
-                p.port = port
-                return p
-            if "in use" in p.message and attempt + 1 < attempts:
-                continue
-            self.fail("proxy did not start: argv=%r %s" % (p.argv, p.describe()))
+    def start_proxy(self, backend_port, **kw):
+        """A UDP proxy to backend_port (pp.start_proxy)."""
+        return pp.start_proxy(self, backend_port, proto="udp", **kw)
 
     def backend(self, host="127.0.0.1", **kw):
         b = pp.UdpBackend(host, **kw)
