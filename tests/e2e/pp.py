@@ -201,6 +201,17 @@ def echo_until_eof(conn):
     conn.shutdown(socket.SHUT_WR)
 
 
+def count_until_eof(conn, rec):
+    """Backend side: read and count into rec["recv"] until EOF (rec["outcome"] = "eof"),
+    bounded; socket errors go to the caller."""
+    for _ in range(1 << 20):
+        d = conn.recv(1 << 16)
+        if not d:
+            rec["outcome"] = "eof"
+            return
+        rec["recv"] += len(d)
+
+
 class Proxy:
     """A spawned portproxy.
 

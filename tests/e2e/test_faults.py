@@ -297,12 +297,7 @@ def fault_handler(conn, addr, srv):
         t = threading.Thread(target=sender, daemon=True)
         t.start()
         try:
-            for _ in range(1 << 20):
-                d = conn.recv(1 << 16)
-                if not d:
-                    rec["outcome"] = "eof"
-                    break
-                rec["recv"] += len(d)
+            pp.count_until_eof(conn, rec)
         except OSError as e:
             errors.append(e)
         t.join(timeout=10)

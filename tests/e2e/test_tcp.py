@@ -115,12 +115,7 @@ def modal_handler(conn, addr, srv):
             srv.results.append(("R", rec))
         conn.settimeout(5)
         try:
-            for _ in range(1 << 20):
-                d = conn.recv(1 << 16)
-                if not d:
-                    rec["outcome"] = "eof"
-                    break
-                rec["recv"] += len(d)
+            pp.count_until_eof(conn, rec)
         except ConnectionResetError:
             rec["outcome"] = "reset"
         except socket.timeout:
