@@ -1184,10 +1184,9 @@ listen p{lport}
                 for m in keys:
                     self.set_na(m, kind, why)
                 return
-            tree = kind == "socat"
             time.sleep(0.3)
-            idle = smaps(proc_tree(p.pid) if tree else [p.pid])
-            idle_pipes = count_pipes(proc_tree(p.pid) if tree else [p.pid])
+            idle = smaps(proxy_pids(p, kind))
+            idle_pipes = count_pipes(proxy_pids(p, kind))
             k0 = cg.kernel_bytes() if cg else None
             n = self.cfg["hold"]
             holder = Proc([self.tool, "hold", "127.0.0.1", str(lport), str(n), str(MSG)],
@@ -1199,8 +1198,8 @@ listen p{lport}
             if errs:
                 self.note(f"{kind}: memory test: {errs} of {n} connections failed")
             time.sleep(0.5)
-            held = smaps(proc_tree(p.pid) if tree else [p.pid])
-            held_pipes = count_pipes(proc_tree(p.pid) if tree else [p.pid])
+            held = smaps(proxy_pids(p, kind))
+            held_pipes = count_pipes(proxy_pids(p, kind))
             k1 = cg.kernel_bytes() if cg else None
             # added over idle: fds inherited from whoever started the bench are not the proxy's
             self.record("mem.pipes", kind, run, held_pipes - idle_pipes,
